@@ -1,0 +1,64 @@
+#pragma once
+// The LSTM equations, forward and backward, for one hidden unit of one row.
+// Every kernel in the project (CPU vectorised, CUDA, emulated CUDA) calls
+// these and nothing else writes gate math. Gate order is PyTorch's: i, f, g, o.
+//
+// T is the math type: float or double, or a SIMD vector of them on the CPU.
+// Activations<T> supplies sigmoid and tanh; the CPU specialises it for
+// at::vec::Vectorized so the same equations run on whole vector registers.
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define LSTM_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LSTM_HOST_DEVICE inline
+#endif
+
+namespace lstm_ext {
+
+template <typename T>
+struct Activations {
+  static LSTM_HOST_DEVICE T sigmoid(T x) {
+    using std::exp;
+    return T(1) / (T(1) + exp(-x));
+  }
+  static LSTM_HOST_DEVICE T tanh(T x) {
+    using std::tanh;
+    return tanh(x);
+  }
+};
+
+// In: the four gate pre-activations and c_{t-1}.
+// Out: the gates replaced by their activations, c_t and h_t.
+template <typename T>
+LSTM_HOST_DEVICE void cell_forward(T& i, T& f, T& g, T& o, T c_prev, T& c, T& h) {
+  using A = Activations<T>;
+  i = A::sigmoid(i);
+  f = A::sigmoid(f);
+  g = A::tanh(g);
+  o = A::sigmoid(o);
+  c = f * c_prev + i * g;
+  h = o * A::tanh(c);
+}
+
+// In: the activated gates, c_t, c_{t-1}, the total dL/dh_t and dL/dc_t carried
+// back from step t+1. Out: dL/d(gate pre-activations), dL/dc_{t-1}, and h_t
+// recomputed (the projection's weight gradient needs it; saving it would cost
+// a (rows, H) buffer per layer).
+template <typename T>
+LSTM_HOST_DEVICE void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_next,
+                                    T& di, T& df, T& dg, T& do_, T& dc_prev, T& h) {
+  using A = Activations<T>;
+  const T one(1);
+  const T tc = A::tanh(c);
+  h = o * tc;
+  const T dc = dc_next + dh * o * (one - tc * tc);
+  do_ = dh * tc * o * (one - o);
+  di = dc * g * i * (one - i);
+  df = dc * c_prev * f * (one - f);
+  dg = dc * i * (one - g * g);
+  dc_prev = dc * f;
+}
+
+}  // namespace lstm_ext

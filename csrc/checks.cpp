@@ -1,0 +1,126 @@
+#include "lstm.h"
+
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+namespace lstm_ext {
+namespace {
+
+constexpr int64_t kMaxDim = std::numeric_limits<int>::max();
+
+void check_tensor(const Tensor& t, const char* name, int64_t dim, const Tensor& x) {
+  TORCH_CHECK(t.dim() == dim, "lstm_layer: ", name, " must be ", dim, "-D, got ", t.dim(),
+              "-D of shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "lstm_layer: ", name, " has dtype ",
+              t.scalar_type(), " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "lstm_layer: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, "lstm_layer: ", name, " must have shape ", expected,
+              ", got ", t.sizes());
+}
+
+void check_optional_grad(const OptTensor& g, const char* name, at::IntArrayRef expected,
+                         const Tensor& like) {
+  if (!g.has_value()) return;
+  check_tensor(*g, name, static_cast<int64_t>(expected.size()), like);
+  check_shape(*g, name, expected);
+}
+
+}  // namespace
+
+Steps::Steps(const Tensor& batch_sizes, bool reverse) : reverse_(reverse) {
+  const auto* sizes = batch_sizes.data_ptr<int64_t>();
+  const int64_t count = batch_sizes.numel();
+  size_.assign(sizes, sizes + count);
+  offset_.resize(count);
+  int64_t offset = 0;
+  for (int64_t t = 0; t < count; ++t) {
+    offset_[t] = offset;
+    offset += size_[t];
+  }
+}
+
+int64_t Steps::carried(int64_t t) const {
+  if (reverse_) return t == count() - 1 ? 0 : size_[t + 1];
+  return t == 0 ? 0 : size_[t];
+}
+
+LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  TORCH_CHECK(x.dim() == 2, "lstm_layer: x must be 2-D (rows, input_size), got shape ",
+              x.sizes());
+  check_tensor(w_ih, "w_ih", 2, x);
+  check_tensor(w_hh, "w_hh", 2, x);
+  check_tensor(h0, "h0", 2, x);
+  check_tensor(c0, "c0", 2, x);
+
+  TORCH_CHECK(w_hh.size(0) % 4 == 0 && w_hh.size(0) > 0,
+              "lstm_layer: w_hh must have 4 * hidden_size rows, got shape ", w_hh.sizes());
+  LayerDims d{x.size(0), h0.size(0), x.size(1), w_hh.size(0) / 4, w_hh.size(1)};
+  check_shape(w_ih, "w_ih", {4 * d.hidden, d.input});
+  if (w_hr.has_value()) {
+    check_tensor(*w_hr, "w_hr", 2, x);
+    check_shape(*w_hr, "w_hr", {d.out, d.hidden});
+  } else {
+    TORCH_CHECK(d.out == d.hidden, "lstm_layer: w_hh must have shape ",
+                at::IntArrayRef{4 * d.hidden, d.hidden}, " without w_hr, got ", w_hh.sizes());
+  }
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (!b->has_value()) continue;
+    const char* name = b == &b_ih ? "b_ih" : "b_hh";
+    check_tensor(**b, name, 1, x);
+    check_shape(**b, name, {4 * d.hidden});
+  }
+  check_shape(h0, "h0", {d.batch, d.out});
+  check_shape(c0, "c0", {d.batch, d.hidden});
+
+  TORCH_CHECK(batch_sizes.dim() == 1, "lstm_layer: batch_sizes must be 1-D, got shape ",
+              batch_sizes.sizes());
+  TORCH_CHECK(batch_sizes.scalar_type() == at::kLong,
+              "lstm_layer: batch_sizes must be int64, got ", batch_sizes.scalar_type());
+  TORCH_CHECK(batch_sizes.device().is_cpu(), "lstm_layer: batch_sizes must be on the CPU, got ",
+              batch_sizes.device());
+  TORCH_CHECK(batch_sizes.numel() > 0, "lstm_layer: batch_sizes is empty (no time steps)");
+  const Tensor sizes = batch_sizes.contiguous();
+  const auto* bs = sizes.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t t = 0; t < sizes.numel(); ++t) {
+    TORCH_CHECK(bs[t] > 0, "lstm_layer: batch_sizes[", t, "] = ", bs[t], " must be positive");
+    TORCH_CHECK(t == 0 || bs[t] <= bs[t - 1], "lstm_layer: batch_sizes must be non-increasing, ",
+                "but batch_sizes[", t, "] = ", bs[t], " > batch_sizes[", t - 1, "] = ", bs[t - 1]);
+    total += bs[t];
+  }
+  TORCH_CHECK(total == d.rows, "lstm_layer: batch_sizes sum to ", total, " but x has ", d.rows,
+              " rows");
+  TORCH_CHECK(bs[0] == d.batch, "lstm_layer: batch_sizes[0] = ", bs[0],
+              " but h0 and c0 have batch size ", d.batch);
+
+  // BLAS takes 32-bit dimensions.
+  for (int64_t v : {d.rows, d.input, 4 * d.hidden, d.out}) {
+    TORCH_CHECK(v <= kMaxDim, "lstm_layer: dimension ", v, " exceeds the BLAS limit of ",
+                kMaxDim);
+  }
+  return d;
+}
+
+void check_backward_args(const LayerDims& d, const OptTensor& dy, const OptTensor& dh_n,
+                         const OptTensor& dc_n, const Tensor& y, const Tensor& gates,
+                         const Tensor& cells) {
+  check_shape(y, "y", {d.rows, d.out});
+  check_shape(gates, "gates", {d.rows, 4 * d.hidden});
+  check_shape(cells, "cells", {d.rows, d.hidden});
+  check_optional_grad(dy, "dy", {d.rows, d.out}, y);
+  check_optional_grad(dh_n, "dh_n", {d.batch, d.out}, y);
+  check_optional_grad(dc_n, "dc_n", {d.batch, d.hidden}, y);
+}
+
+GradMask grad_mask(std::array<bool, 4> output_mask, bool has_proj) {
+  return {output_mask[0], output_mask[1], output_mask[2], output_mask[3] && has_proj};
+}
+
+}  // namespace lstm_ext

@@ -1,0 +1,65 @@
+#pragma once
+// The op's C++ signatures and the argument checks every device runs first.
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace lstm_ext {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// y, h_n, c_n, then what backward needs: the activated gates and every c_t.
+using LayerOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+// dx, dh0, dc0, dw_ih, dw_hh, db (one tensor: it is the gradient of both
+// b_ih and b_hh), dw_hr. Gradients not asked for by output_mask are undefined.
+using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// Which of dx, (dw_ih, dw_hh), db, dw_hr to compute; dh0 and dc0 come free.
+struct GradMask {
+  bool input, weights, bias, proj;
+};
+
+// Sizes of one layer: rows = sum(batch_sizes), P = proj_size or H.
+struct LayerDims {
+  int64_t rows, batch, input, hidden, out;
+};
+
+// The packed layout: step t owns rows [offset(t), offset(t) + size(t)) of every
+// per-row buffer, and those rows are sequences 0 .. size(t)-1.
+class Steps {
+ public:
+  Steps(const Tensor& batch_sizes, bool reverse);
+
+  int64_t count() const { return static_cast<int64_t>(size_.size()); }
+  // Time index of the s-th step in forward-processing order.
+  int64_t time(int64_t s) const { return reverse_ ? count() - 1 - s : s; }
+  int64_t size(int64_t t) const { return size_[t]; }
+  int64_t offset(int64_t t) const { return offset_[t]; }
+  // Rows of step t whose state comes from the step processed just before it
+  // (rows [0, carried)); rows [carried, size) start from the initial state.
+  int64_t carried(int64_t t) const;
+  // Time index of the step processed just before t (meaningful when carried(t) > 0).
+  int64_t previous(int64_t t) const { return reverse_ ? t + 1 : t - 1; }
+
+ private:
+  std::vector<int64_t> size_, offset_;
+  bool reverse_;
+};
+
+LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr);
+
+// Checks the incoming gradients and saved tensors against the forward dims.
+void check_backward_args(const LayerDims& d, const OptTensor& dy, const OptTensor& dh_n,
+                         const OptTensor& dc_n, const Tensor& y, const Tensor& gates,
+                         const Tensor& cells);
+
+GradMask grad_mask(std::array<bool, 4> output_mask, bool has_proj);
+
+}  // namespace lstm_ext

@@ -1,0 +1,71 @@
+"""Loads the compiled ops and registers their fake (meta) and autograd rules."""
+
+import torch
+
+from . import _C  # noqa: F401  (importing it registers torch.ops.lstm_ext)
+
+lstm_layer = torch.ops.lstm_ext.lstm_layer.default
+lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
+
+
+@torch.library.register_fake("lstm_ext::lstm_layer")
+def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
+    return (
+        x.new_empty(rows, out),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+        x.new_empty(rows, 4 * hidden),
+        x.new_empty(rows, hidden),
+    )
+
+
+@torch.library.register_fake("lstm_ext::lstm_layer_backward")
+def _lstm_layer_backward_fake(
+    dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, output_mask
+):
+    want_input, want_weights, want_bias, want_proj = output_mask
+    return (
+        x.new_empty(x.shape) if want_input else None,
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+        w_ih.new_empty(w_ih.shape) if want_weights else None,
+        w_hh.new_empty(w_hh.shape) if want_weights else None,
+        gates.new_empty(gates.shape[1]) if want_bias else None,
+        w_hr.new_empty(w_hr.shape) if want_proj and w_hr is not None else None,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    y, _, _, gates, cells = output
+    ctx.mark_non_differentiable(gates, cells)
+    # Unused outputs arrive as None rather than as zero tensors of their size.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells)
+    ctx.reverse = reverse
+
+
+def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+    x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    # Inputs: x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse.
+    mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_backward(
+        dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, ctx.reverse, mask
+    )
+    return (
+        dx,
+        None,
+        dh0 if need[2] else None,
+        dc0 if need[3] else None,
+        dw_ih if need[4] else None,
+        dw_hh if need[5] else None,
+        db if need[6] else None,
+        db if need[7] else None,
+        dw_hr,
+        None,
+    )
+
+
+torch.library.register_autograd("lstm_ext::lstm_layer", _backward, setup_context=_setup_context)

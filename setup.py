@@ -1,0 +1,67 @@
+"""Builds lstm_ext._C: the CPU op always, the CUDA op when it can be compiled.
+
+LSTM_EXT_CUDA=1 or 0 forces the CUDA part on or off; by default it is built
+when torch is a CUDA build and nvcc exists. No other environment is needed.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+CUDA_ROOT = Path("/usr/local/cuda")
+
+# torch.utils.cpp_extension reads these when imported. /usr/local/bin/nvcc is a
+# wrapper script, so torch would guess /usr/local as the CUDA root; with no GPU
+# to query it cannot pick architectures either.
+if "CUDA_HOME" not in os.environ and CUDA_ROOT.is_dir():
+    os.environ["CUDA_HOME"] = str(CUDA_ROOT)
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+
+def want_cuda() -> bool:
+    forced = os.environ.get("LSTM_EXT_CUDA")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and (
+        shutil.which("nvcc") is not None
+        or Path(cpp_extension.CUDA_HOME, "bin", "nvcc").exists()
+    )
+
+
+def cpu_flags() -> list[str]:
+    # The cell passes use at::vec; it picks AVX2 code only when told to. The
+    # extension is built on the machine that runs it, so follow its CPU.
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    if " avx2 " in flags and " fma " in flags:
+        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return []
+
+
+def extension():
+    sources = [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/*.cpp"))]
+    sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/cpu/*.cpp"))]
+    cxx = ["-O3", "-fopenmp", *cpu_flags()]
+    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    if not want_cuda():
+        return cpp_extension.CppExtension("lstm_ext._C", sources, **kwargs)
+
+    import nvidia  # the CUDA build of torch ships the headers ATen's CUDA code needs
+
+    sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/cuda/*.cu"))]
+    kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-Xptxas=-v,--warn-on-spills"]
+    kwargs["include_dirs"] = [os.path.join(nvidia.__path__[0], "cu13", "include")]
+    kwargs["define_macros"] = [("LSTM_EXT_CUDA", "1")]
+    return cpp_extension.CUDAExtension("lstm_ext._C", sources, **kwargs)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)

@@ -1,0 +1,135 @@
+"""The torch.library contract of lstm_ext::lstm_layer: opcheck, torch.compile,
+and the op's own argument checks."""
+
+import re
+
+import pytest
+import torch
+
+import lstm_ext
+from lstm_ext import _ops
+
+B, I, H, P = 3, 4, 5, 2
+BATCH_SIZES = torch.tensor([3, 2, 2, 1], dtype=torch.int64)
+ROWS = int(BATCH_SIZES.sum())
+
+
+def randn(*shape, dtype=torch.float64, grad=True):
+    return torch.randn(*shape, dtype=dtype).requires_grad_(grad)
+
+
+def op_args(proj=True, bias=True, reverse=False, dtype=torch.float64):
+    torch.manual_seed(0)
+    out = P if proj else H
+    return [
+        randn(ROWS, I, dtype=dtype), BATCH_SIZES.clone(), randn(B, out, dtype=dtype),
+        randn(B, H, dtype=dtype), randn(4 * H, I, dtype=dtype), randn(4 * H, out, dtype=dtype),
+        randn(4 * H, dtype=dtype) if bias else None, randn(4 * H, dtype=dtype) if bias else None,
+        randn(out, H, dtype=dtype) if proj else None, reverse,
+    ]
+
+
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck(proj, bias, reverse):
+    torch.library.opcheck(_ops.lstm_layer, op_args(proj, bias, reverse))
+
+
+def test_opcheck_backward():
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = op_args()
+    y, h_n, c_n, gates, cells = _ops.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    detached = [t.detach() for t in (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells)]
+    x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells = detached
+    for mask in ([True] * 4, [False, True, False, True], [False] * 4):
+        args = (torch.randn_like(y), None, torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
+                y, gates, cells, reverse, mask)
+        torch.library.opcheck(_ops.lstm_layer_backward, args)
+
+
+def layer_loss(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+    y, (h_n, c_n) = lstm_ext.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr,
+                                        batch_sizes=batch_sizes, reverse=True)
+    return y.sin().sum() + h_n.square().sum() + c_n.sum()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_compile_fullgraph_matches_eager(packed):
+    args = op_args()[:-1]
+    x, bs = args[0], args[1]
+    if not packed:
+        x, bs = randn(4, B, I), None
+    inputs = [x, *args[2:]]
+    explained = torch._dynamo.explain(layer_loss)(*inputs, bs)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(layer_loss, fullgraph=True)
+    grads = []
+    for fn in (layer_loss, compiled):
+        loss = fn(*inputs, bs)
+        grads.append((loss, *torch.autograd.grad(loss, inputs)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+# (argument index, bad value, part of the expected message)
+BAD_FORWARD = [
+    (0, torch.randn(2, ROWS, I, dtype=torch.float64), "x must be 2-D"),
+    (0, torch.randn(ROWS, I, dtype=torch.float32), "w_ih has dtype Double but x has dtype Float"),
+    (0, torch.randn(ROWS + 1, I, dtype=torch.float64), "batch_sizes sum to 8 but x has 9 rows"),
+    (0, torch.randn(ROWS, I + 1, dtype=torch.float64), "w_ih must have shape [20, 5]"),
+    (1, torch.tensor([4, 2, 1, 1]), "batch_sizes[0] = 4 but h0 and c0 have batch size 3"),
+    (1, torch.tensor([2, 3, 2, 1]), "must be non-increasing"),
+    (1, torch.tensor([3, 2, 3, 0]), "must be non-increasing"),
+    (1, torch.tensor([3, 3, 2, 0]), "batch_sizes[3] = 0 must be positive"),
+    (1, torch.tensor([3, 3, -2, 4]), "batch_sizes[2] = -2 must be positive"),
+    (1, torch.tensor([3.0, 2.0, 2.0, 1.0]), "batch_sizes must be int64"),
+    (1, torch.tensor([3, 2, 2, 1], dtype=torch.int32), "batch_sizes must be int64"),
+    (1, BATCH_SIZES.view(2, 2), "batch_sizes must be 1-D"),
+    (1, torch.tensor([], dtype=torch.int64), "batch_sizes is empty"),
+    (2, torch.randn(B, P + 1, dtype=torch.float64), "h0 must have shape [3, 2]"),
+    (2, torch.randn(1, B, P, dtype=torch.float64), "h0 must be 2-D"),
+    (3, torch.randn(B + 1, H, dtype=torch.float64), "c0 must have shape [3, 5]"),
+    (4, torch.randn(4 * H + 1, I, dtype=torch.float64), "w_ih must have shape [20, 4]"),
+    (5, torch.randn(4 * H + 1, P, dtype=torch.float64), "w_hh must have 4 * hidden_size rows"),
+    (5, torch.randn(4 * H, P, dtype=torch.float32), "w_hh has dtype Float"),
+    (6, torch.randn(4 * H + 1, dtype=torch.float64), "b_ih must have shape [20]"),
+    (7, torch.randn(4 * H, 1, dtype=torch.float64), "b_hh must be 1-D"),
+    (8, torch.randn(P, H + 1, dtype=torch.float64), "w_hr must have shape [2, 5]"),
+    (8, None, "w_hh must have shape [20, 5] without w_hr"),
+]
+
+
+@pytest.mark.parametrize(
+    "index, value, message", BAD_FORWARD, ids=[f"arg{i}-{m}" for i, _, m in BAD_FORWARD]
+)
+def test_bad_forward_arguments_raise(index, value, message):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in op_args()]
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        _ops.lstm_layer(*_replace(args, index, value))
+
+
+def test_unsupported_dtype_raises():
+    args = [a.detach().to(torch.int64) if isinstance(a, torch.Tensor) else a for a in op_args()]
+    with pytest.raises(RuntimeError, match="dtype Long is not supported"):
+        _ops.lstm_layer(*args)
+
+
+def test_bad_backward_arguments_raise():
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = [
+        a.detach() if isinstance(a, torch.Tensor) else a for a in op_args()
+    ]
+    y, _, c_n, gates, cells = _ops.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    saved = (x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, [True] * 4)
+    with pytest.raises(RuntimeError, match=r"dy must have shape \[8, 2\]"):
+        _ops.lstm_layer_backward(torch.randn(ROWS, P + 1, dtype=y.dtype), None, None, *saved)
+    with pytest.raises(RuntimeError, match=r"dc_n must have shape \[3, 5\]"):
+        _ops.lstm_layer_backward(None, None, torch.randn(B, P, dtype=y.dtype), *saved)
+    with pytest.raises(RuntimeError, match=r"gates must have shape \[8, 20\]"):
+        _ops.lstm_layer_backward(None, None, None, *_replace(saved, 8, gates[:, :-1]))

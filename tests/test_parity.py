@@ -1,0 +1,67 @@
+"""lstm_ext.lstm_layer against torch.nn.LSTM: outputs, final states, every gradient."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from reference import Case, Problem, assert_same
+
+SHAPES = [
+    Case(),  # I != H
+    Case(I=6, H=6),
+    Case(bias=False),
+    Case(proj=3),
+    Case(proj=2, bias=False),
+    Case(T=1),
+    Case(B=1),
+    Case(H=1),
+    Case(H=2, proj=1),
+    Case(T=7, B=5, I=3, H=9, packed=True),
+    Case(T=7, B=5, I=3, H=9, packed=True, proj=4, bias=False),
+    Case(T=6, B=1, packed=True),
+    Case(T=1, B=4, packed=True),
+    # More elements per step than the cell pass's grain: runs on both threads,
+    # and H is no multiple of the vector width.
+    Case(T=3, B=70, I=16, H=301, packed=True),
+]
+CASES = [
+    dataclasses.replace(case, reverse=reverse, dtype=dtype)
+    for case in SHAPES
+    for reverse in (False, True)
+    for dtype in (torch.float64, torch.float32)
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
+def test_matches_nn_lstm(case):
+    problem = Problem(case)
+    assert_same(problem, problem.run_ours(), problem.run_torch())
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_unused_outputs_and_frozen_weights(reverse):
+    """Gradients that are not needed are not computed, and the rest stay right:
+    only h_n feeds the loss (y and c_n get no gradient), weights are frozen."""
+    problem = Problem(Case(T=6, B=4, packed=True, proj=3, reverse=reverse))
+    for w in problem.weights():
+        w.requires_grad_(False)
+    ours, theirs = problem.run_ours(), problem.run_torch()
+    leaves = [problem.x, problem.h0, problem.c0]
+    g_ours = torch.autograd.grad(ours.h_n.sum(), leaves)
+    g_theirs = torch.autograd.grad(theirs.h_n.sum(), leaves)
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_hx_none_is_zeros():
+    problem = Problem(Case(packed=True))
+    w = problem.weights()
+    x = problem.x.detach().reshape(-1, problem.case.I)[: problem.case.T]
+    batch_sizes = torch.ones(problem.case.T, dtype=torch.int64)
+    zeros = torch.zeros(1, problem.case.H, dtype=x.dtype)
+    from lstm_ext import lstm_layer
+
+    y0, (h0, c0) = lstm_layer(x, None, *w, batch_sizes=batch_sizes)
+    y1, (h1, c1) = lstm_layer(x, (zeros, zeros), *w, batch_sizes=batch_sizes)
+    assert torch.equal(y0, y1) and torch.equal(h0, h1) and torch.equal(c0, c1)
