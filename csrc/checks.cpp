@@ -42,6 +42,25 @@ Steps::Steps(const Tensor& batch_sizes, bool reverse) : reverse_(reverse) {
     offset_[t] = offset;
     offset += size_[t];
   }
+  // Sizes do not increase, so sequence b runs while size(t) > b.
+  length_.assign(count > 0 ? size_[0] : 0, 0);
+  for (int64_t t = 0; t < count; ++t) {
+    for (int64_t b = 0; b < size_[t]; ++b) ++length_[b];
+  }
+}
+
+std::vector<int64_t> Steps::split(int64_t parts) const {
+  const int64_t batch = static_cast<int64_t>(length_.size());
+  int64_t total = 0;
+  for (int64_t len : length_) total += len;
+  std::vector<int64_t> bounds{0};
+  int64_t b = 0, done = 0;
+  for (int64_t part = 1; part < parts; ++part) {
+    while (b < batch && done * parts < total * part) done += length_[b++];
+    bounds.push_back(b);
+  }
+  bounds.push_back(batch);
+  return bounds;
 }
 
 int64_t Steps::carried(int64_t t) const {

@@ -2,21 +2,33 @@
 // One LSTM layer, one direction, a whole packed sequence: the time loop,
 // written once for every device.
 //
-// An Executor supplies the work on raw pointers, with no allocation or
-// dispatch inside the loop:
-//   gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
-//       row-major C[m,n] (+)= A[m,k] B[k,n]
-//   cell_forward(...), cell_backward(...)   the fused passes over csrc/cell.h
+// The recurrence couples the steps of a sequence, never two sequences, so
+// the loop runs over a range of sequences [first, last): the executor decides
+// how to cover the batch with ranges (one per CPU thread; the whole batch on
+// a GPU). It supplies, on raw pointers, with no allocation or dispatch inside
+// the loop:
+//   for_each_row_range(steps, body)        calls body(first, last)
+//   step_gemm / sequence_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
+//       row-major C[m,n] (+)= A[m,k] B[k,n], for a step's rows / whole sequences
+//   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc)
+//       C[m,n] = A[k,m]^T B[k,n], a weight gradient summed over a whole sequence
+//   cell_forward(...), cell_backward(...)  the fused passes over csrc/cell.h
 //   copy(dst, src, n), add(dst, a, b, n)
-// Every product is laid out here, once per call, so that the executor only
-// ever multiplies untransposed row-major operands.
+// Weights are laid out here, once per call, so that the loop only multiplies
+// untransposed row-major matrices.
+//
+// Within a step, row r is sequence r. Its previous state is row r of the
+// previously processed step if r < carried(t), else row r of h0/c0.
 
 #include "lstm.h"
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
+
+#include <algorithm>
 
 namespace lstm_ext {
 
@@ -26,6 +38,14 @@ inline Tensor transposed(const Tensor& t) { return t.t().contiguous(); }
 template <typename scalar_t>
 scalar_t* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+// The rows holding each sequence's final state, on the device of `like`.
+inline Tensor last_rows(const Steps& steps, int64_t batch, const Tensor& like) {
+  Tensor rows = at::empty({batch}, at::kLong);
+  int64_t* rows_p = rows.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) rows_p[b] = steps.last_row(b);
+  return rows.to(like.device());
 }
 
 template <typename Ex>
@@ -42,41 +62,49 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                       : b_ih.has_value()                    ? *b_ih
                       : b_hh.has_value()                    ? *b_hh
                                                             : Tensor();
-  // The input projection of every step at once; the loop adds h W_hh^T in
-  // place, the cell pass adds the bias and turns them into activated gates.
+  // Starts as the input projection of every step; each step adds h W_hh^T,
+  // and its cell pass adds the bias and leaves the activated gates.
   Tensor gates = at::empty({d.rows, G}, opts);
-  Tensor h = h0.clone(at::MemoryFormat::Contiguous);
-  Tensor c = c0.clone(at::MemoryFormat::Contiguous);
   Tensor y = at::empty({d.rows, P}, opts);
   Tensor cells = at::empty({d.rows, H}, opts);
+  // With a projection, h_t before it; row r belongs to sequence r.
   Tensor h_raw = w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor();
 
   scalar_t* gates_p = ptr<scalar_t>(gates);
   scalar_t* cells_p = ptr<scalar_t>(cells);
   scalar_t* y_p = ptr<scalar_t>(y);
-  scalar_t* h_p = ptr<scalar_t>(h);
-  scalar_t* c_p = ptr<scalar_t>(c);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
+  const scalar_t* h0_p = ptr<scalar_t>(h0);
+  const scalar_t* c0_p = ptr<scalar_t>(c0);
   const scalar_t* bias_p = ptr<scalar_t>(bias);
   const scalar_t* w_hh_t_p = ptr<scalar_t>(w_hh_t);
   const scalar_t* w_hr_t_p = ptr<scalar_t>(w_hr_t);
 
-  ex.gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), G, gates_p, G,
-          false);
-  // h and c hold each sequence's latest state: rows a step does not touch keep
-  // theirs, so they end as h_n and c_n, and a reverse sequence joining late
-  // finds its h0 and c0 there.
-  for (int64_t s = 0; s < steps.count(); ++s) {
-    const int64_t t = steps.time(s), rows = steps.size(t);
-    scalar_t* gates_t = gates_p + steps.offset(t) * G;
-    scalar_t* y_t = y_p + steps.offset(t) * P;
-    ex.gemm(rows, G, P, h_p, P, w_hh_t_p, G, gates_t, G, true);
-    ex.cell_forward(rows, H, gates_t, bias_p, c_p, cells_p + steps.offset(t) * H,
-                    h_raw_p ? h_raw_p : y_t);
-    if (h_raw_p) ex.gemm(rows, P, H, h_raw_p, H, w_hr_t_p, P, y_t, P, false);
-    ex.copy(h_p, y_t, rows * P);
-  }
-  return {y, h, c, gates, cells};
+  ex.sequence_gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), G,
+                   gates_p, G, false);
+  ex.for_each_row_range(steps, [&](int64_t first, int64_t last) {
+    for (int64_t s = 0; s < steps.count(); ++s) {
+      const int64_t t = steps.time(s), rows = std::min(last, steps.size(t));
+      if (first >= rows) continue;
+      const int64_t off = steps.offset(t), carried = steps.carried(t);
+      const int64_t prev = carried > 0 ? steps.offset(steps.previous(t)) : 0;
+      const int64_t split = std::clamp(carried, first, rows);
+      scalar_t* gates_t = gates_p + off * G;
+      scalar_t* y_t = y_p + off * P;
+      ex.step_gemm(split - first, G, P, y_p + (prev + first) * P, P, w_hh_t_p, G,
+                   gates_t + first * G, G, true);
+      ex.step_gemm(rows - split, G, P, h0_p + split * P, P, w_hh_t_p, G, gates_t + split * G, G,
+                   true);
+      ex.cell_forward(first, rows, carried, H, gates_t, bias_p, cells_p + prev * H, c0_p,
+                      cells_p + off * H, h_raw_p ? h_raw_p : y_t);
+      if (h_raw_p) {
+        ex.step_gemm(rows - first, P, H, h_raw_p + first * H, H, w_hr_t_p, P, y_t + first * P, P,
+                     false);
+      }
+    }
+  });
+  const Tensor final_rows = last_rows(steps, d.batch, x);
+  return {y, y.index_select(0, final_rows), cells.index_select(0, final_rows), gates, cells};
 }
 
 template <typename Ex>
@@ -91,6 +119,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const bool proj = w_hr.has_value();
 
   const Tensor dy_c = dy.has_value() ? dy->contiguous() : at::zeros({d.rows, P}, opts);
+  // Per sequence, the gradient flowing into its latest-processed state: they
+  // start as dh_n and dc_n and end as dh0 and dc0.
   Tensor dh = dh_n.has_value() ? dh_n->clone(at::MemoryFormat::Contiguous)
                                : at::zeros({d.batch, P}, opts);
   Tensor dc = dc_n.has_value() ? dc_n->clone(at::MemoryFormat::Contiguous)
@@ -98,7 +128,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   Tensor dgates = at::empty({d.rows, G}, opts);
   // Row r holds the h_{t-1} that row r of the gates saw: dw_hh in one product.
   Tensor h_prev = mask.weights ? at::empty({d.rows, P}, opts) : Tensor();
-  // With a projection: the total dL/dy_t per row, h_t recomputed, dL/dh_t (pre-projection).
+  // With a projection: the total dL/dy per row, h_t before it per row, and
+  // dL/dh_t before it per sequence.
   Tensor dy_total = proj ? at::empty({d.rows, P}, opts) : Tensor();
   Tensor h_raw = mask.proj ? at::empty({d.rows, H}, opts) : Tensor();
   Tensor dh_raw = proj ? at::empty({d.batch, H}, opts) : Tensor();
@@ -119,51 +150,52 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const scalar_t* w_hh_p = ptr<scalar_t>(w_hh);
   const scalar_t* w_hr_p = proj ? ptr<scalar_t>(*w_hr) : nullptr;
 
-  // dh and dc hold, per sequence, the gradient flowing into its latest-processed
-  // state: they start as dh_n, dc_n and end as dh0, dc0.
-  for (int64_t s = steps.count() - 1; s >= 0; --s) {
-    const int64_t t = steps.time(s), rows = steps.size(t), off = steps.offset(t);
-    const int64_t carried = steps.carried(t);
-    const int64_t prev_off = carried > 0 ? steps.offset(steps.previous(t)) : 0;
-    const scalar_t* c_prev = cells_p + prev_off * H;
-
-    if (h_prev_p) {
-      ex.copy(h_prev_p + off * P, y_p + prev_off * P, carried * P);
-      ex.copy(h_prev_p + (off + carried) * P, h0_p + carried * P, (rows - carried) * P);
-    }
-    if (proj) {
-      ex.add(dy_total_p + off * P, dy_p + off * P, dh_p, rows * P);
-      ex.gemm(rows, H, P, dy_total_p + off * P, P, w_hr_p, H, dh_raw_p, H, false);
-      ex.cell_backward(rows, carried, H, gates_p + off * G, cells_p + off * H, c_prev, c0_p,
-                       dh_raw_p, nullptr, dc_p, dgates_p + off * G,
+  ex.for_each_row_range(steps, [&](int64_t first, int64_t last) {
+    for (int64_t s = steps.count() - 1; s >= 0; --s) {
+      const int64_t t = steps.time(s), rows = std::min(last, steps.size(t));
+      if (first >= rows) continue;
+      const int64_t off = steps.offset(t), carried = steps.carried(t);
+      const int64_t prev = carried > 0 ? steps.offset(steps.previous(t)) : 0;
+      const int64_t split = std::clamp(carried, first, rows);
+      if (h_prev_p) {
+        ex.copy(h_prev_p + (off + first) * P, y_p + (prev + first) * P, (split - first) * P);
+        ex.copy(h_prev_p + (off + split) * P, h0_p + split * P, (rows - split) * P);
+      }
+      const scalar_t* dh_t = dy_p + off * P;
+      const scalar_t* dh_extra = dh_p;
+      if (proj) {
+        scalar_t* dy_total_t = dy_total_p + off * P;
+        ex.add(dy_total_t + first * P, dh_t + first * P, dh_p + first * P, (rows - first) * P);
+        ex.step_gemm(rows - first, H, P, dy_total_t + first * P, P, w_hr_p, H,
+                     dh_raw_p + first * H, H, false);
+        dh_t = dh_raw_p;
+        dh_extra = nullptr;
+      }
+      ex.cell_backward(first, rows, carried, H, gates_p + off * G, cells_p + off * H,
+                       cells_p + prev * H, c0_p, dh_t, dh_extra, dc_p, dgates_p + off * G,
                        h_raw_p ? h_raw_p + off * H : nullptr);
-    } else {
-      ex.cell_backward(rows, carried, H, gates_p + off * G, cells_p + off * H, c_prev, c0_p,
-                       dy_p + off * P, dh_p, dc_p, dgates_p + off * G, nullptr);
+      ex.step_gemm(rows - first, P, G, dgates_p + (off + first) * G, G, w_hh_p, P,
+                   dh_p + first * P, P, false);
     }
-    ex.gemm(rows, P, G, dgates_p + off * G, G, w_hh_p, P, dh_p, P, false);
-  }
+  });
 
   Tensor dx, dw_ih, dw_hh, db, dw_hr;
   if (mask.input) {
     dx = at::empty({d.rows, d.input}, opts);
-    ex.gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih), d.input, ptr<scalar_t>(dx),
-            d.input, false);
+    ex.sequence_gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih), d.input,
+                     ptr<scalar_t>(dx), d.input, false);
   }
   if (mask.weights) {
-    const Tensor dgates_t = transposed(dgates);
     dw_ih = at::empty({G, d.input}, opts);
     dw_hh = at::empty({G, P}, opts);
-    ex.gemm(G, d.input, d.rows, ptr<scalar_t>(dgates_t), d.rows, ptr<scalar_t>(x), d.input,
-            ptr<scalar_t>(dw_ih), d.input, false);
-    ex.gemm(G, P, d.rows, ptr<scalar_t>(dgates_t), d.rows, h_prev_p, P, ptr<scalar_t>(dw_hh), P,
-            false);
+    ex.weight_gemm(G, d.input, d.rows, dgates_p, G, ptr<scalar_t>(x), d.input,
+                   ptr<scalar_t>(dw_ih), d.input);
+    ex.weight_gemm(G, P, d.rows, dgates_p, G, h_prev_p, P, ptr<scalar_t>(dw_hh), P);
   }
   if (mask.bias) db = dgates.sum(0);
   if (mask.proj) {
     dw_hr = at::empty({P, H}, opts);
-    ex.gemm(P, H, d.rows, ptr<scalar_t>(transposed(dy_total)), d.rows, h_raw_p, H,
-            ptr<scalar_t>(dw_hr), H, false);
+    ex.weight_gemm(P, H, d.rows, dy_total_p, P, h_raw_p, H, ptr<scalar_t>(dw_hr), H);
   }
   return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
 }

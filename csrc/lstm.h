@@ -45,9 +45,14 @@ class Steps {
   int64_t carried(int64_t t) const;
   // Time index of the step processed just before t (meaningful when carried(t) > 0).
   int64_t previous(int64_t t) const { return reverse_ ? t + 1 : t - 1; }
+  // The row holding sequence b's state after its last processed step (h_n, c_n).
+  int64_t last_row(int64_t b) const { return reverse_ ? b : offset_[length_[b] - 1] + b; }
+  // Boundaries of `parts` contiguous ranges of sequences with about equal
+  // numbers of rows: parts + 1 values from 0 to the batch size.
+  std::vector<int64_t> split(int64_t parts) const;
 
  private:
-  std::vector<int64_t> size_, offset_;
+  std::vector<int64_t> size_, offset_, length_;
   bool reverse_;
 };
 

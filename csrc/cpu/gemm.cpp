@@ -1,9 +1,11 @@
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <vector>
 
 extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
                        const int* k, const double* alpha, const double* a, const int* lda,
@@ -17,53 +19,133 @@ namespace {
 // pool costs more than the work.
 constexpr int64_t kParallelFlops = 1 << 20;
 constexpr int64_t kTileRows = 64;
+// Long sums go in slices, so that a tile's operands stay in cache.
 constexpr int64_t kSliceDepth = 512;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// An empty sum: BLAS kernels are not all defined for k = 0.
+// Tall products (whole sequences) prefer narrow tiles, short ones (a step's
+// rows) wide tiles; both keep the number of distinct kernels small (brgemm
+// JIT-compiles and caches one per shape and thread).
+struct Tiling {
+  int64_t m, n, cols, tiles_m, tiles_n;
+  Tiling(int64_t m, int64_t n) : m(m), n(n) {
+    cols = std::min<int64_t>(n, m > 4 * kTileRows ? 64 : 256);
+    tiles_m = ceil_div(m, kTileRows);
+    tiles_n = ceil_div(n, cols);
+  }
+  int64_t count() const { return tiles_m * tiles_n; }
+};
+
+void float_tiles(const Tiling& tiling, int64_t begin, int64_t end, int64_t k, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                 bool accumulate) {
+  for (int64_t tile = begin; tile < end; ++tile) {
+    const int64_t i = (tile / tiling.tiles_n) * kTileRows, j = (tile % tiling.tiles_n) * tiling.cols;
+    const int64_t rows = std::min(kTileRows, tiling.m - i), cols = std::min(tiling.cols, tiling.n - j);
+    for (int64_t p = 0; p < k; p += kSliceDepth) {
+      at::native::cpublas::brgemm(rows, cols, std::min(kSliceDepth, k - p), lda, ldb, ldc,
+                                  accumulate || p > 0, a + i * lda + p, b + p * ldb + j,
+                                  c + i * ldc + j);
+    }
+  }
+}
+
+// dst[c][r] = src[r][c] for a rows x cols block, 8 x 8 at a time in registers.
+void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+               int64_t ld_dst) {
+  constexpr int64_t B = 8;
+  for (int64_t r = 0; r < rows; r += B) {
+    for (int64_t c = 0; c < cols; c += B) {
+      const float* s = src + r * ld_src + c;
+      float* d = dst + c * ld_dst + r;
+      if (r + B <= rows && c + B <= cols) {
+        at::vec::transpose_mxn<float, B, B>(s, ld_src, d, ld_dst);
+      } else {
+        at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, std::min(B, rows - r),
+                                      std::min(B, cols - c));
+      }
+    }
+  }
+}
+
+// An empty sum: the kernels are not all defined for k = 0.
 template <typename T>
-void zero_unless(bool accumulate, int64_t m, int64_t n, T* c, int64_t ldc) {
-  if (accumulate) return;
-  for (int64_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
+bool handled_empty(int64_t m, int64_t n, int64_t k, T* c, int64_t ldc, bool accumulate) {
+  if (m > 0 && n > 0 && k > 0) return false;
+  if (!accumulate && k == 0) {
+    for (int64_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
+  }
+  return true;
+}
+
+// A is (m, k) row-major, or (k, m) when transpose_a.
+void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+           int64_t ldb, double* c, int64_t ldc, bool accumulate, bool transpose_a = false) {
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  // BLAS is column-major: C^T = B^T A^T. Sizes were checked to fit in int.
+  const char no = 'N', ta = transpose_a ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+  const double alpha = 1, beta = accumulate ? 1 : 0;
+  dgemm_(&no, &ta, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
 }
 
 }  // namespace
 
-void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) return zero_unless(accumulate, m, n, c, ldc);
-  // Tall products (whole sequences) prefer narrow tiles, per-step ones wide
-  // tiles; both keep the kernel count per thread small (kernels are JIT-ed and
-  // cached per shape).
-  const int64_t tile_n = std::min<int64_t>(n, m > 4 * kTileRows ? 64 : 256);
-  const int64_t tiles_m = ceil_div(m, kTileRows), tiles_n = ceil_div(n, tile_n);
-  const int64_t grain = 2 * m * n * k < kParallelFlops ? tiles_m * tiles_n : 1;
-  at::parallel_for(0, tiles_m * tiles_n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t i = (tile / tiles_n) * kTileRows, j = (tile % tiles_n) * tile_n;
-      // Long sums go in slices, so a tile's operands stay in cache.
+void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                 int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  const Tiling tiling(m, n);
+  float_tiles(tiling, 0, tiling.count(), k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  const Tiling tiling(m, n);
+  const int64_t grain = 2 * m * n * k < kParallelFlops ? tiling.count() : 1;
+  at::parallel_for(0, tiling.count(), grain, [&](int64_t begin, int64_t end) {
+    float_tiles(tiling, begin, end, k, a, lda, b, ldb, c, ldc, accumulate);
+  });
+}
+
+// MKL threads dgemm itself, and runs it on one thread inside a parallel region.
+void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                 int64_t ldb, double* c, int64_t ldc, bool accumulate) {
+  dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                   const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate) {
+  dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc) {
+  if (handled_empty(m, n, k, c, ldc, false)) return;
+  // One task per band of kTileRows output rows: it transposes each slice of
+  // its columns of A once and reuses it for every tile along n.
+  const int64_t bands = ceil_div(m, kTileRows);
+  at::parallel_for(0, bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> slice(kTileRows * kSliceDepth);
+    for (int64_t band = begin; band < end; ++band) {
+      const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
       for (int64_t p = 0; p < k; p += kSliceDepth) {
-        at::native::cpublas::brgemm(std::min(kTileRows, m - i), std::min(tile_n, n - j),
-                                    std::min(kSliceDepth, k - p), lda, ldb, ldc,
-                                    accumulate || p > 0, a + i * lda + p, b + p * ldb + j,
-                                    c + i * ldc + j);
+        const int64_t depth = std::min(kSliceDepth, k - p);
+        transpose(a + p * lda + i, lda, depth, rows, slice.data(), kSliceDepth);
+        for (int64_t j = 0; j < n; j += 256) {
+          at::native::cpublas::brgemm(rows, std::min<int64_t>(256, n - j), depth, kSliceDepth, ldb,
+                                      ldc, p > 0, slice.data(), b + p * ldb + j, c + i * ldc + j);
+        }
       }
     }
   });
 }
 
-void gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-          int64_t ldb, double* c, int64_t ldc, bool accumulate) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) return zero_unless(accumulate, m, n, c, ldc);
-  // BLAS is column-major: C^T = B^T A^T. Sizes were checked to fit in int.
-  const char no = 'N';
-  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
-  const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
-  const double alpha = 1, beta = accumulate ? 1 : 0;
-  dgemm_(&no, &no, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                      const double* b, int64_t ldb, double* c, int64_t ldc) {
+  dgemm(m, n, k, a, lda, b, ldb, c, ldc, false, true);
 }
 
 }  // namespace lstm_ext::cpu

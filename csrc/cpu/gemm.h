@@ -1,10 +1,10 @@
 #pragma once
-// Row-major C[m,n] (+)= A[m,k] B[k,n] on raw pointers, for the time loop and
-// the whole-sequence products alike: no allocation, no dispatcher.
+// Row-major C[m,n] (+)= A[m,k] B[k,n] on raw pointers: no allocation, no
+// dispatcher.
 //
 // float goes to oneDNN's brgemm micro-kernel through ATen's public
 // at::native::cpublas::brgemm (JIT, AVX2 up to AVX-512; ATen falls back to
-// its own BLAS call where oneDNN cannot run), tiled across threads. On the
+// its own BLAS call where oneDNN cannot run), in tiles and K slices. On the
 // machines we measure, MKL's sgemm reaches half of that (it takes a generic
 // code path on non-Intel CPUs). double has no brgemm: MKL's dgemm, which
 // libtorch_cpu exports.
@@ -13,9 +13,24 @@
 
 namespace lstm_ext::cpu {
 
-void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float* c, int64_t ldc, bool accumulate);
-void gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-          int64_t ldb, double* c, int64_t ldc, bool accumulate);
+// On the calling thread: the time loop calls it from inside its own threads.
+void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                 int64_t ldb, float* c, int64_t ldc, bool accumulate);
+void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                 int64_t ldb, double* c, int64_t ldc, bool accumulate);
+
+// Tiles spread over ATen's intra-op threads: the whole-sequence products.
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, bool accumulate);
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                   const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
+
+// C[m,n] = A[k,m]^T B[k,n], parallel: weight gradients, which sum over the k
+// rows of a sequence. A is transposed slice by slice in cache, so no
+// transposed copy of it is ever made.
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc);
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                      const double* b, int64_t ldb, double* c, int64_t ldc);
 
 }  // namespace lstm_ext::cpu
