@@ -49,6 +49,11 @@ Steps::Steps(const Tensor& batch_sizes, bool reverse) : reverse_(reverse) {
   }
 }
 
+std::pair<int64_t, int64_t> Steps::ending_at(int64_t t) const {
+  if (reverse_) return {0, t == 0 ? size_[0] : 0};
+  return {t + 1 < count() ? size_[t + 1] : 0, size_[t]};
+}
+
 std::vector<int64_t> Steps::split(int64_t parts) const {
   const int64_t batch = static_cast<int64_t>(length_.size());
   int64_t total = 0;
@@ -127,12 +132,26 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
   return d;
 }
 
+void check_device_and_dtype(const Tensor& x, c10::DeviceType device) {
+  TORCH_CHECK(x.device().type() == device, "lstm_layer: this is the ", c10::DeviceType(device),
+              " kernel, but x is on ", x.device());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || is_reduced_precision(dtype),
+              "lstm_layer: dtype ", dtype,
+              " is not supported; use float32, float64, bfloat16 or float16");
+}
+
 void check_backward_args(const LayerDims& d, const OptTensor& dy, const OptTensor& dh_n,
                          const OptTensor& dc_n, const Tensor& y, const Tensor& gates,
                          const Tensor& cells) {
   check_shape(y, "y", {d.rows, d.out});
   check_shape(gates, "gates", {d.rows, 4 * d.hidden});
   check_shape(cells, "cells", {d.rows, d.hidden});
+  const auto saved = saved_dtype(y.scalar_type());
+  for (const Tensor* t : {&gates, &cells}) {
+    TORCH_CHECK(t->scalar_type() == saved, "lstm_layer_backward: ", t == &gates ? "gates" : "cells",
+                " must have dtype ", saved, ", got ", t->scalar_type());
+  }
   check_optional_grad(dy, "dy", {d.rows, d.out}, y);
   check_optional_grad(dh_n, "dh_n", {d.batch, d.out}, y);
   check_optional_grad(dc_n, "dc_n", {d.batch, d.hidden}, y);

@@ -24,7 +24,6 @@
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
@@ -40,12 +39,19 @@ scalar_t* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
 }
 
-// The rows holding each sequence's final state, on the device of `like`.
-inline Tensor last_rows(const Steps& steps, int64_t batch, const Tensor& like) {
-  Tensor rows = at::empty({batch}, at::kLong);
-  int64_t* rows_p = rows.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) rows_p[b] = steps.last_row(b);
-  return rows.to(like.device());
+// Row b of the result is sequence b's row of its last processed step in
+// `rows` (a per-row buffer of the given width): h_n from y, c_n from cells.
+// Device copies of contiguous ranges, so nothing waits on the host.
+template <typename Ex, typename scalar_t>
+Tensor final_state(Ex& ex, const Steps& steps, const Tensor& rows, int64_t batch) {
+  const int64_t width = rows.size(1);
+  Tensor out = at::empty({batch, width}, rows.options());
+  for (int64_t t = 0; t < steps.count(); ++t) {
+    const auto [first, last] = steps.ending_at(t);
+    ex.copy(ptr<scalar_t>(out) + first * width,
+            ptr<scalar_t>(rows) + (steps.offset(t) + first) * width, (last - first) * width);
+  }
+  return out;
 }
 
 template <typename Ex>
@@ -103,8 +109,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       }
     }
   });
-  const Tensor final_rows = last_rows(steps, d.batch, x);
-  return {y, y.index_select(0, final_rows), cells.index_select(0, final_rows), gates, cells};
+  return {y, final_state<Ex, scalar_t>(ex, steps, y, d.batch),
+          final_state<Ex, scalar_t>(ex, steps, cells, d.batch), gates, cells};
 }
 
 template <typename Ex>

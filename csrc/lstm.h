@@ -6,6 +6,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace lstm_ext {
@@ -45,8 +46,9 @@ class Steps {
   int64_t carried(int64_t t) const;
   // Time index of the step processed just before t (meaningful when carried(t) > 0).
   int64_t previous(int64_t t) const { return reverse_ ? t + 1 : t - 1; }
-  // The row holding sequence b's state after its last processed step (h_n, c_n).
-  int64_t last_row(int64_t b) const { return reverse_ ? b : offset_[length_[b] - 1] + b; }
+  // The sequences [first, second) whose last processed step is t: their rows
+  // of step t hold h_n and c_n.
+  std::pair<int64_t, int64_t> ending_at(int64_t t) const;
   // Boundaries of `parts` contiguous ranges of sequences with about equal
   // numbers of rows: parts + 1 values from 0 to the batch size.
   std::vector<int64_t> split(int64_t parts) const;
@@ -64,6 +66,16 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
 void check_backward_args(const LayerDims& d, const OptTensor& dy, const OptTensor& dh_n,
                          const OptTensor& dc_n, const Tensor& y, const Tensor& gates,
                          const Tensor& cells);
+
+// float16 and bfloat16 run in float inside (see op.h).
+inline bool is_reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+// The dtype of the saved gates and cells for inputs of dtype t.
+inline at::ScalarType saved_dtype(at::ScalarType t) {
+  return is_reduced_precision(t) ? at::kFloat : t;
+}
+
+// x is on `device` and of a floating dtype the op computes in.
+void check_device_and_dtype(const Tensor& x, c10::DeviceType device);
 
 GradMask grad_mask(std::array<bool, 4> output_mask, bool has_proj);
 

@@ -8,15 +8,21 @@ lstm_layer = torch.ops.lstm_ext.lstm_layer.default
 lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
 
 
+def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16 and bfloat16 run in float inside; the saved gates and cells stay float."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 @torch.library.register_fake("lstm_ext::lstm_layer")
 def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
+    saved = _saved_dtype(x.dtype)
     return (
         x.new_empty(rows, out),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
-        x.new_empty(rows, 4 * hidden),
-        x.new_empty(rows, hidden),
+        x.new_empty(rows, 4 * hidden, dtype=saved),
+        x.new_empty(rows, hidden, dtype=saved),
     )
 
 
@@ -31,7 +37,7 @@ def _lstm_layer_backward_fake(
         c0.new_empty(c0.shape),
         w_ih.new_empty(w_ih.shape) if want_weights else None,
         w_hh.new_empty(w_hh.shape) if want_weights else None,
-        gates.new_empty(gates.shape[1]) if want_bias else None,
+        w_hh.new_empty(w_hh.shape[0]) if want_bias else None,
         w_hr.new_empty(w_hr.shape) if want_proj and w_hr is not None else None,
     )
 

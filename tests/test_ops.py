@@ -36,6 +36,11 @@ def test_opcheck(proj, bias, reverse):
     torch.library.opcheck(_ops.lstm_layer, op_args(proj, bias, reverse))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_opcheck_dtypes(dtype):
+    torch.library.opcheck(_ops.lstm_layer, op_args(dtype=dtype))
+
+
 def test_opcheck_backward():
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = op_args()
     y, h_n, c_n, gates, cells = _ops.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+import lstm_ext
 from reference import Case, Problem, assert_same
 
 SHAPES = [
@@ -60,8 +61,38 @@ def test_hx_none_is_zeros():
     x = problem.x.detach().reshape(-1, problem.case.I)[: problem.case.T]
     batch_sizes = torch.ones(problem.case.T, dtype=torch.int64)
     zeros = torch.zeros(1, problem.case.H, dtype=x.dtype)
-    from lstm_ext import lstm_layer
-
-    y0, (h0, c0) = lstm_layer(x, None, *w, batch_sizes=batch_sizes)
-    y1, (h1, c1) = lstm_layer(x, (zeros, zeros), *w, batch_sizes=batch_sizes)
+    y0, (h0, c0) = lstm_ext.lstm_layer(x, None, *w, batch_sizes=batch_sizes)
+    y1, (h1, c1) = lstm_ext.lstm_layer(x, (zeros, zeros), *w, batch_sizes=batch_sizes)
     assert torch.equal(y0, y1) and torch.equal(h0, h1) and torch.equal(c0, c1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reduced_precision_computes_in_float(dtype, reverse):
+    """float16/bfloat16 inputs give exactly what float32 gives on the same
+    (rounded) values, cast back: the math and the cell state are float inside."""
+    problem = Problem(Case(T=6, B=4, packed=True, proj=3, reverse=reverse, dtype=torch.float32))
+    for leaf in problem.leaves():
+        leaf.data = leaf.data.to(dtype).float()
+    full = problem.run_ours()
+    leaves = problem.leaves()
+    g_full = torch.autograd.grad(full.loss, leaves)
+
+    low = [leaf.detach().to(dtype).requires_grad_() for leaf in leaves]
+    x, h0, c0, *w = low
+    d = problem.direction
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, problem.lengths, enforce_sorted=False)
+    order, unorder = packed.sorted_indices, packed.unsorted_indices
+    y, (h_n, c_n) = lstm_ext.lstm_layer(
+        packed.data, (h0[d][order], c0[d][order]), *w[:4], w[4],
+        batch_sizes=packed.batch_sizes, reverse=reverse,
+    )
+    assert y.dtype == h_n.dtype == c_n.dtype == dtype
+    torch.testing.assert_close(y, full.y.to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(h_n[unorder], full.h_n.to(dtype), rtol=0, atol=0)
+    loss = (y.float() * problem.dy).sum() + (h_n[unorder].float() * problem.dh).sum()
+    loss = loss + (c_n[unorder].float() * problem.dc).sum()
+    for a, b in zip(torch.autograd.grad(loss, low), g_full):
+        assert a.dtype == dtype
+        # The output gradients reach the kernel rounded to `dtype`.
+        torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2)

@@ -1,0 +1,83 @@
+#pragma once
+// The op as every device runs it: argument checks, contiguous operands,
+// float16 and bfloat16 computed in float (fp32 math, fp32 cell state, saved
+// gates and cells kept in float), then dtype dispatch into layer.h with the
+// device's executor. A device's lstm.cpp/.cu only names its executor.
+
+#include "layer.h"
+
+#include <ATen/Dispatch.h>
+
+namespace lstm_ext {
+
+inline OptTensor contiguous(const OptTensor& t) {
+  return t.has_value() ? OptTensor(t->contiguous()) : std::nullopt;
+}
+
+inline OptTensor to_float(const OptTensor& t) {
+  return t.has_value() ? OptTensor(t->to(at::kFloat)) : std::nullopt;
+}
+
+inline Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
+  return t.defined() ? t.to(dtype) : t;
+}
+
+template <template <typename> class Executor>
+LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
+                    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                    bool reverse) {
+  const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_device_and_dtype(x, device);
+  const auto dtype = x.scalar_type();
+  if (is_reduced_precision(dtype)) {
+    auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
+        device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
+        w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(b_ih), to_float(b_hh), to_float(w_hr),
+        reverse);
+    return {y.to(dtype), h_n.to(dtype), c_n.to(dtype), gates, cells};
+  }
+  const Steps steps(batch_sizes.contiguous(), reverse);
+  LayerOut out;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_layer", [&] {
+    Executor<scalar_t> ex;
+    out = layer_forward(ex, d, steps, x.contiguous(), h0.contiguous(), c0.contiguous(),
+                        w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
+                        contiguous(w_hr));
+  });
+  return out;
+}
+
+template <template <typename> class Executor>
+LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTensor& dh_n,
+                       const OptTensor& dc_n, const Tensor& x, const Tensor& batch_sizes,
+                       const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                       const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
+                       const Tensor& cells, bool reverse, std::array<bool, 4> output_mask) {
+  const LayerDims d =
+      check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+  check_device_and_dtype(x, device);
+  check_backward_args(d, dy, dh_n, dc_n, y, gates, cells);
+  const auto dtype = x.scalar_type();
+  if (is_reduced_precision(dtype)) {
+    auto grads = backward_op<Executor>(
+        device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
+        h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
+        to_float(w_hr), y.to(at::kFloat), gates, cells, reverse, output_mask);
+    return std::apply(
+        [&](const auto&... g) { return LayerGrads{to_dtype(g, dtype)...}; }, grads);
+  }
+  const GradMask mask = grad_mask(output_mask, w_hr.has_value());
+  const Steps steps(batch_sizes.contiguous(), reverse);
+  LayerGrads grads;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_layer_backward", [&] {
+    Executor<scalar_t> ex;
+    grads = layer_backward(ex, d, steps, mask, dy, dh_n, dc_n, x.contiguous(), h0.contiguous(),
+                           c0.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
+                           contiguous(w_hr), y.contiguous(), gates.contiguous(),
+                           cells.contiguous());
+  });
+  return grads;
+}
+
+}  // namespace lstm_ext
