@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 BUILD_DEPS := torch==2.14.1 setuptools wheel ninja
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build clean
+.PHONY: test bench build sanitize clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,23 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench.py
+
+# The C++ under AddressSanitizer and UndefinedBehaviorSanitizer: a CPU-only
+# build in its own tree (build/sanitize), its tests run with the runtimes
+# preloaded into Python (--capture=sys keeps their reports on stderr). Leak
+# detection is off: CPython itself leaks at exit.
+SAN_DIR := build/sanitize
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+sanitize: $(VENV)/.deps
+	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
+	cp -r csrc lstm_ext tests setup.py pyproject.toml README.md $(SAN_DIR)/
+	rm -f $(SAN_DIR)/lstm_ext/*.so
+	cd $(SAN_DIR) && LSTM_EXT_CUDA=0 CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" \
+		$(abspath $(PY)) setup.py --quiet build_ext --inplace
+	nm -D $(SAN_DIR)/lstm_ext/_C*.so | grep -q __asan_report  # really instrumented
+	cd $(SAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 PYTHONPATH=. \
+		$(abspath $(PY)) -m pytest -p no:cacheprovider -q --capture=sys
 
 clean:
 	rm -rf build lstm_ext/*.so $(VENV)
