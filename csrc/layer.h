@@ -7,7 +7,7 @@
 // how to cover the batch with ranges (one per CPU thread; the whole batch on
 // a GPU). It supplies, on raw pointers, with no allocation or dispatch inside
 // the loop:
-//   for_each_row_range(steps, body)        calls body(first, last)
+//   for_each_row_range(steps, flops_per_row, body)   calls body(first, last)
 //   step_gemm / sequence_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
 //       row-major C[m,n] (+)= A[m,k] B[k,n], for a step's rows / whole sequences
 //   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc)
@@ -88,7 +88,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
 
   ex.sequence_gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), G,
                    gates_p, G, false);
-  ex.for_each_row_range(steps, [&](int64_t first, int64_t last) {
+  const int64_t flops_per_row = 2 * G * P + (h_raw_p ? 2 * H * P : 0);
+  ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
     for (int64_t s = 0; s < steps.count(); ++s) {
       const int64_t t = steps.time(s), rows = std::min(last, steps.size(t));
       if (first >= rows) continue;
@@ -156,7 +157,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const scalar_t* w_hh_p = ptr<scalar_t>(w_hh);
   const scalar_t* w_hr_p = proj ? ptr<scalar_t>(*w_hr) : nullptr;
 
-  ex.for_each_row_range(steps, [&](int64_t first, int64_t last) {
+  const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
+  ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
     for (int64_t s = steps.count() - 1; s >= 0; --s) {
       const int64_t t = steps.time(s), rows = std::min(last, steps.size(t));
       if (first >= rows) continue;

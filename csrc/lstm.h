@@ -37,6 +37,8 @@ class Steps {
   Steps(const Tensor& batch_sizes, bool reverse);
 
   int64_t count() const { return static_cast<int64_t>(size_.size()); }
+  // Rows of the whole packed sequence.
+  int64_t rows() const { return count() > 0 ? offset_.back() + size_.back() : 0; }
   // Time index of the s-th step in forward-processing order.
   int64_t time(int64_t s) const { return reverse_ ? count() - 1 - s : s; }
   int64_t size(int64_t t) const { return size_[t]; }

@@ -35,11 +35,13 @@ struct Executor {
   using Vec = at::vec::Vectorized<scalar_t>;
 
   // Calls body(first, last) once per thread, each with its own range of
-  // sequences [first, last), balanced by their numbers of steps.
+  // sequences [first, last), balanced by their numbers of steps. Loops of
+  // little work stay on the calling thread: waking the others would cost more.
   template <typename Body>
-  void for_each_row_range(const Steps& steps, const Body& body) const {
+  void for_each_row_range(const Steps& steps, int64_t flops_per_row, const Body& body) const {
     const int64_t batch = steps.size(0);
-    const int64_t parts = std::min<int64_t>(at::get_num_threads(), batch);
+    const bool small = steps.rows() * flops_per_row < kParallelFlops;
+    const int64_t parts = small ? 1 : std::min<int64_t>(at::get_num_threads(), batch);
     const std::vector<int64_t> bounds = steps.split(parts);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; ++part) body(bounds[part], bounds[part + 1]);

@@ -15,9 +15,6 @@ extern "C" void dgemm_(const char* transa, const char* transb, const int* m, con
 namespace lstm_ext::cpu {
 namespace {
 
-// Below this many flops a product runs on the calling thread: forking the
-// pool costs more than the work.
-constexpr int64_t kParallelFlops = 1 << 20;
 constexpr int64_t kTileRows = 64;
 // Long sums go in slices, so that a tile's operands stay in cache.
 constexpr int64_t kSliceDepth = 512;
@@ -127,7 +124,8 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   // One task per band of kTileRows output rows: it transposes each slice of
   // its columns of A once and reuses it for every tile along n.
   const int64_t bands = ceil_div(m, kTileRows);
-  at::parallel_for(0, bands, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = 2 * m * n * k < kParallelFlops ? bands : 1;
+  at::parallel_for(0, bands, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> slice(kTileRows * kSliceDepth);
     for (int64_t band = begin; band < end; ++band) {
       const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);

@@ -13,6 +13,10 @@
 
 namespace lstm_ext::cpu {
 
+// Below this many flops, work runs on the calling thread: waking the pool
+// costs more than it saves.
+constexpr int64_t kParallelFlops = 1 << 20;
+
 // On the calling thread: the time loop calls it from inside its own threads.
 void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                  int64_t ldb, float* c, int64_t ldc, bool accumulate);
