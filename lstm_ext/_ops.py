@@ -3,6 +3,7 @@
 import torch
 
 from . import _C  # noqa: F401  (importing it registers torch.ops.lstm_ext)
+from . import _second_order
 
 lstm_layer = torch.ops.lstm_ext.lstm_layer.default
 lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
@@ -48,13 +49,16 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(gates, cells)
     # Unused outputs arrive as None rather than as zero tensors of their size.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells)
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells)
     ctx.reverse = reverse
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
-    x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells = ctx.saved_tensors
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells = ctx.saved_tensors
     need = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # create_graph=True: these gradients get differentiated
+        inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
+        return _second_order.layer_gradients(inputs, (dy, dh_n, dc_n), need)
     # Inputs: x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse.
     mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_backward(
