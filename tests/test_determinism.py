@@ -1,0 +1,29 @@
+"""Repeated runs give bitwise-identical results, also under
+torch.use_deterministic_algorithms(True): no atomics, no order that depends on
+timing (the CPU threads split the batch, and every sum has a fixed order)."""
+
+import torch
+
+import lstm_ext
+
+
+def _run(x, weights, batch_sizes):
+    y, (h_n, c_n) = lstm_ext.lstm_layer(x, None, *weights, batch_sizes=batch_sizes, reverse=True)
+    loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + h_n.sum() + c_n.square().sum()
+    return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights])]
+
+
+def test_bitwise_identical_runs():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(64, 96, proj_size=48)
+    weights = list(lstm.parameters())
+    batch_sizes = torch.tensor([40] * 10 + [31] * 10 + [7] * 5)
+    x = torch.randn(int(batch_sizes.sum()), 64, requires_grad=True)
+    first = _run(x, weights, batch_sizes)
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(3):
+            for a, b in zip(_run(x, weights, batch_sizes), first):
+                assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(False)
