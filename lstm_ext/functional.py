@@ -1,11 +1,17 @@
-"""Functional forms of the fused LSTM."""
+"""Functional forms of the fused LSTM: one layer (lstm_layer) and the whole stack (lstm)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from . import _ops
+from ._checks import check_lstm_args, weights_per_group
+
+# The kernels compute in float32 and float64; these dtypes run through float32.
+_IN_FLOAT32 = (torch.bfloat16, torch.float16)
 
 
 def lstm_layer(
@@ -47,19 +53,165 @@ def lstm_layer(
                 f"lstm_layer: padded input must be 3-D (T, B, I), got shape {tuple(input.shape)}"
             )
         steps, batch = input.shape[0], input.shape[1]
-        batch_sizes = torch.full((steps,), batch, dtype=torch.int64)
-        x = input.reshape(steps * batch, input.shape[2])
+        x, batch_sizes = _as_packed(input)
     else:
         x = input
     if hx is None:
         if not padded:
             batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
-        hidden, out = w_hh.shape[0] // 4, w_hh.shape[1]
-        zeros = dict(dtype=input.dtype, device=input.device)
-        hx = (torch.zeros(batch, out, **zeros), torch.zeros(batch, hidden, **zeros))
-    y, h_n, c_n, _, _ = _ops.lstm_layer(
-        x, batch_sizes, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, w_hr, reverse
-    )
+        hx = _zero_state(input, (batch,), w_hh)
+    y, h_n, c_n = _layer(x, batch_sizes, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     if padded:
         y = y.view(steps, batch, y.shape[1])
     return y, (h_n, c_n)
+
+
+def lstm(
+    input: Tensor,
+    hx: tuple[Tensor, Tensor] | None,
+    weights: Sequence[Tensor],
+    *,
+    bias: bool = True,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = True,
+    batch_sizes: Tensor | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """A whole multi-layer LSTM, as ``torch.nn.LSTM`` computes it, on weights you hold.
+
+    This is what ``lstm_ext.LSTM.forward`` runs once it has handled unbatched
+    input and PackedSequence: the counterpart of ``torch.lstm``.
+
+    Args:
+        input: padded ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``); or, when
+            ``batch_sizes`` is given, packed ``(sum(batch_sizes), I)`` as in
+            ``PackedSequence.data``, whose batch is in the packed (sorted) order.
+        hx: ``(h0, c0)`` of shapes ``(L * D, B, P)`` and ``(L * D, B, H)`` with D = 2
+            when bidirectional, else 1; or None for zeros.
+        weights: ``torch.nn.LSTM._flat_weights``' list: for each layer, then each
+            direction, ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``. Whether there is a
+            projection follows from the number of weights.
+        bias: whether the weights include ``b_ih, b_hh``.
+        dropout, training: dropout probability applied to the output of every
+            layer but the last, only when ``training``.
+        batch_first: padded input and output are ``(B, T, *)``; ignored for packed.
+
+    Returns:
+        ``(output, (h_n, c_n))``: output ``(T, B, D * P)`` (``(B, T, D * P)`` with
+        ``batch_first``) or, packed, ``(sum(batch_sizes), D * P)``; h_n ``(L * D, B, P)``
+        and c_n ``(L * D, B, H)``, each sequence's state after its own last step.
+
+    Input and states are checked against the weights before any layer runs, and
+    raise what torch.lstm raises: RuntimeError (IndexError for an ``hx`` that is
+    not 3-D), in nn.LSTM's words where it has them. Under autocast, padded input,
+    states and weights are cast as autocast casts them for torch.lstm.
+    """
+    directions = 2 if bidirectional else 1
+    groups = num_layers * directions
+    per_group = weights_per_group(weights, groups, bias)
+    packed = batch_sizes is not None
+    input, hx, weights = _autocast(input, hx, weights, packed)
+    check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
+
+    if packed:
+        x, batch = input, int(batch_sizes[0])
+    else:
+        if batch_first:
+            input = input.transpose(0, 1)
+        steps, batch = input.shape[0], input.shape[1]
+        x, batch_sizes = _as_packed(input)
+    h0, c0 = _zero_state(x, (groups, batch), weights[1]) if hx is None else hx
+    c0 = c0.to(x.dtype)  # a lower-precision c0 is promoted, as nn.LSTM does
+
+    # With no rows (an empty batch) there is nothing for the op to run.
+    run = _layer if x.shape[0] > 0 else _empty_layer
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            group = weights[k * per_group : (k + 1) * per_group]
+            y, h, c = run(x, batch_sizes, h0[k], c0[k], *_unpack(group, bias), direction == 1)
+            outputs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outputs, 1) if directions == 2 else outputs[0]
+        # nn.LSTM applies ATen's dropout to this same tensor (viewed as (T, B, D * P)
+        # when padded): same elements in the same order, so a seed draws the same mask.
+        if dropout > 0 and training and layer < num_layers - 1:
+            x = torch.dropout(x, dropout, True)
+
+    if not packed:
+        x = x.view(steps, batch, x.shape[1])
+        if batch_first:
+            x = x.transpose(0, 1)
+    return x, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """The op on packed ``x``: ``(y, h_n, c_n)``."""
+    if x.dtype in _IN_FLOAT32:
+        return _layer_in_float32(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    y, h_n, c_n, _, _ = _ops.lstm_layer(
+        x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
+    )
+    return y, h_n, c_n
+
+
+def _layer_in_float32(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """bfloat16 and float16 until the kernels have them: the op in float32 on
+    upcast copies (float32 accumulation and cell state, as a native kernel would
+    keep them), its results rounded back once per layer. Autograd runs through
+    the casts, so gradients arrive in the caller's dtype."""
+    dtype = x.dtype
+    up = [t if t is None else t.float() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
+    y, h_n, c_n, _, _ = _ops.lstm_layer(up[0], batch_sizes, *up[1:], reverse)
+    return y.to(dtype), h_n.to(dtype), c_n.to(dtype)
+
+
+def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """An empty batch: no rows to run. Results cut from the (empty) input projection
+    keep, like nn.LSTM's, their place in the autograd graph."""
+    gates = x @ w_ih.t()
+    y, cell = gates[:, : h0.shape[1]], gates[:, : c0.shape[1]]
+    return y, h0 + y, c0 + cell
+
+
+def _as_packed(input: Tensor) -> tuple[Tensor, Tensor]:
+    """A padded (T, B, I) tensor is the packed layout with batch_sizes [B] * T."""
+    steps, batch = input.shape[0], input.shape[1]
+    batch_sizes = torch.full((steps,), batch, dtype=torch.int64)
+    return input.reshape(steps * batch, input.shape[2]), batch_sizes
+
+
+def _zero_state(like: Tensor, leading: tuple[int, ...], w_hh: Tensor) -> tuple[Tensor, Tensor]:
+    hidden, out = w_hh.shape[0] // 4, w_hh.shape[1]
+    zeros = dict(dtype=like.dtype, device=like.device)
+    return torch.zeros(*leading, out, **zeros), torch.zeros(*leading, hidden, **zeros)
+
+
+def _unpack(group: Sequence[Tensor], bias: bool):
+    """w_ih, w_hh, b_ih, b_hh, w_hr of one layer and direction; absent ones are None."""
+    w_ih, w_hh, *rest = group
+    b_ih, b_hh = rest[:2] if bias else (None, None)
+    w_hr = rest[-1] if len(rest) in (1, 3) else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+def _autocast(input, hx, weights, packed):
+    """What autocast does to torch.lstm: padded input, states and weights go to its
+    lower-precision dtype (float64 ones stay), packed input is left alone (that
+    overload is not on autocast's list)."""
+    device = input.device.type
+    enabled = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    if packed or not enabled:
+        return input, hx, weights
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t):
+        return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+    states = None if hx is None else tuple(cast(t) for t in hx)
+    return cast(input), states, [cast(w) for w in weights]

@@ -1,0 +1,76 @@
+"""lstm_ext.LSTM: torch.nn.LSTM with its forward computed by the fused op."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+
+
+class LSTM(nn.LSTM):
+    """A drop-in replacement for ``torch.nn.LSTM``.
+
+    Everything but ``forward`` is nn.LSTM's own: constructor and its checks,
+    parameters (names, shapes, order, initialisation), ``state_dict``,
+    ``reset_parameters``, ``extra_repr``. ``forward`` takes and returns what
+    nn.LSTM's does and runs ``lstm_ext.lstm`` on ``self._flat_weights``.
+    """
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        # nn.LSTM.forward's input handling step for step, so that the same checks
+        # run in the same order with the same messages; torch.lstm's call becomes
+        # functional.lstm, which checks what torch.lstm would before any work.
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            # nn.LSTM checks no more than this for packed input; the rest is
+            # functional.lstm's, as it is torch.lstm's there.
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
+            batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not batched:
+                input = input.unsqueeze(batch_dim)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if hx is None:
+                # nn.LSTM checks against zeros of its own making: only the input can fail.
+                self.check_input(input, batch_sizes)
+            else:
+                rank = 3 if batched else 2
+                if hx[0].dim() != rank or hx[1].dim() != rank:
+                    kind = "batched 3-D" if batched else "unbatched 2-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {rank}-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+                if not batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+                self.check_forward_args(input, hx, batch_sizes)
+
+        output, hidden = functional.lstm(
+            input,
+            hx,
+            self._flat_weights,
+            bias=self.bias,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            training=self.training,
+            batch_sizes=batch_sizes,
+        )
+        if packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        elif not batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, self.permute_hidden(hidden, unsorted_indices)
