@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -9,9 +10,6 @@ from torch import Tensor
 
 from . import _ops
 from ._checks import check_lstm_args, weights_per_group
-
-# The kernels compute in float32 and float64; these dtypes run through float32.
-_IN_FLOAT32 = (torch.bfloat16, torch.float16)
 
 
 def lstm_layer(
@@ -105,14 +103,14 @@ def lstm(
 
     Input and states are checked against the weights before any layer runs, and
     raise what torch.lstm raises: RuntimeError (IndexError for an ``hx`` that is
-    not 3-D), in nn.LSTM's words where it has them. Under autocast, padded input,
-    states and weights are cast as autocast casts them for torch.lstm.
+    not 3-D), in nn.LSTM's words where it has them. Under autocast, padded input
+    runs in autocast's dtype (the op's own autocast rule casts it); packed input
+    does not, as torch.lstm's packed overload is not on autocast's list.
     """
     directions = 2 if bidirectional else 1
     groups = num_layers * directions
     per_group = weights_per_group(weights, groups, bias)
     packed = batch_sizes is not None
-    input, hx, weights = _autocast(input, hx, weights, packed)
     check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
 
     if packed:
@@ -128,20 +126,21 @@ def lstm(
     # With no rows (an empty batch) there is nothing for the op to run.
     run = _layer if x.shape[0] > 0 else _empty_layer
     h_n, c_n = [], []
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(directions):
-            k = layer * directions + direction
-            group = weights[k * per_group : (k + 1) * per_group]
-            y, h, c = run(x, batch_sizes, h0[k], c0[k], *_unpack(group, bias), direction == 1)
-            outputs.append(y)
-            h_n.append(h)
-            c_n.append(c)
-        x = torch.cat(outputs, 1) if directions == 2 else outputs[0]
-        # nn.LSTM applies ATen's dropout to this same tensor (viewed as (T, B, D * P)
-        # when padded): same elements in the same order, so a seed draws the same mask.
-        if dropout > 0 and training and layer < num_layers - 1:
-            x = torch.dropout(x, dropout, True)
+    with _autocast_rule(x, packed):
+        for layer in range(num_layers):
+            outputs = []
+            for direction in range(directions):
+                k = layer * directions + direction
+                group = weights[k * per_group : (k + 1) * per_group]
+                y, h, c = run(x, batch_sizes, h0[k], c0[k], *_unpack(group, bias), direction == 1)
+                outputs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, 1) if directions == 2 else outputs[0]
+            # nn.LSTM applies ATen's dropout to this same tensor (viewed as (T, B, D * P)
+            # when padded): same elements in the same order, so a seed draws the same mask.
+            if dropout > 0 and training and layer < num_layers - 1:
+                x = torch.dropout(x, dropout, True)
 
     if not packed:
         x = x.view(steps, batch, x.shape[1])
@@ -152,23 +151,10 @@ def lstm(
 
 def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """The op on packed ``x``: ``(y, h_n, c_n)``."""
-    if x.dtype in _IN_FLOAT32:
-        return _layer_in_float32(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     y, h_n, c_n, _, _ = _ops.lstm_layer(
         x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
     )
     return y, h_n, c_n
-
-
-def _layer_in_float32(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """bfloat16 and float16 until the kernels have them: the op in float32 on
-    upcast copies (float32 accumulation and cell state, as a native kernel would
-    keep them), its results rounded back once per layer. Autograd runs through
-    the casts, so gradients arrive in the caller's dtype."""
-    dtype = x.dtype
-    up = [t if t is None else t.float() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
-    y, h_n, c_n, _, _ = _ops.lstm_layer(up[0], batch_sizes, *up[1:], reverse)
-    return y.to(dtype), h_n.to(dtype), c_n.to(dtype)
 
 
 def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
@@ -200,18 +186,10 @@ def _unpack(group: Sequence[Tensor], bias: bool):
     return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
-def _autocast(input, hx, weights, packed):
-    """What autocast does to torch.lstm: padded input, states and weights go to its
-    lower-precision dtype (float64 ones stay), packed input is left alone (that
-    overload is not on autocast's list)."""
-    device = input.device.type
-    enabled = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    if packed or not enabled:
-        return input, hx, weights
-    dtype = torch.get_autocast_dtype(device)
-
-    def cast(t):
-        return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
-
-    states = None if hx is None else tuple(cast(t) for t in hx)
-    return cast(input), states, [cast(w) for w in weights]
+def _autocast_rule(x: Tensor, packed: bool):
+    """Autocast as torch.lstm has it: padded input runs in autocast's dtype (the
+    op's own autocast rule casts it); the packed overload is not on autocast's
+    list, so packed input runs in its own dtype."""
+    if packed:
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
