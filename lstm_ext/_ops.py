@@ -79,3 +79,23 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
 
 
 torch.library.register_autograd("lstm_ext::lstm_layer", _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("lstm_ext::packed_zeros", mutates_args=())
+def packed_zeros(
+    batch_sizes: torch.Tensor, groups: int, size: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Zeros (groups, batch_sizes[0], size): the default state of packed input.
+
+    Its batch size is data (batch_sizes[0]); as an op with a fake rule it stays
+    in a compiled graph as one unbacked size, where reading batch_sizes[0] in
+    Python would break the graph.
+    """
+    batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+    return torch.zeros(groups, batch, size, dtype=dtype, device=device)
+
+
+@packed_zeros.register_fake
+def _packed_zeros_fake(batch_sizes, groups, size, dtype, device):
+    batch = torch.library.get_ctx().new_dynamic_size()
+    return torch.empty(groups, batch, size, dtype=dtype, device=device)

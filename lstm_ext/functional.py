@@ -53,11 +53,10 @@ def lstm_layer(
         steps, batch = input.shape[0], input.shape[1]
         x, batch_sizes = _as_packed(input)
     else:
-        x = input
+        x, batch = input, None
     if hx is None:
-        if not padded:
-            batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
-        hx = _zero_state(input, (batch,), w_hh)
+        h0, c0 = _zero_state(x, batch, batch_sizes, 1, w_hh)
+        hx = h0[0], c0[0]
     y, h_n, c_n = _layer(x, batch_sizes, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     if padded:
         y = y.view(steps, batch, y.shape[1])
@@ -114,13 +113,13 @@ def lstm(
     check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
 
     if packed:
-        x, batch = input, int(batch_sizes[0])
+        x, batch = input, None
     else:
         if batch_first:
             input = input.transpose(0, 1)
         steps, batch = input.shape[0], input.shape[1]
         x, batch_sizes = _as_packed(input)
-    h0, c0 = _zero_state(x, (groups, batch), weights[1]) if hx is None else hx
+    h0, c0 = _zero_state(x, batch, batch_sizes, groups, weights[1]) if hx is None else hx
     c0 = c0.to(x.dtype)  # a lower-precision c0 is promoted, as nn.LSTM does
 
     # With no rows (an empty batch) there is nothing for the op to run.
@@ -172,10 +171,17 @@ def _as_packed(input: Tensor) -> tuple[Tensor, Tensor]:
     return input.reshape(steps * batch, input.shape[2]), batch_sizes
 
 
-def _zero_state(like: Tensor, leading: tuple[int, ...], w_hh: Tensor) -> tuple[Tensor, Tensor]:
+def _zero_state(
+    x: Tensor, batch: int | None, batch_sizes: Tensor, groups: int, w_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Zero (h0, c0) of shapes (groups, batch, P) and (groups, batch, H); for
+    packed input (batch None) the batch is batch_sizes[0]."""
     hidden, out = w_hh.shape[0] // 4, w_hh.shape[1]
-    zeros = dict(dtype=like.dtype, device=like.device)
-    return torch.zeros(*leading, out, **zeros), torch.zeros(*leading, hidden, **zeros)
+    if batch is None:
+        return (_ops.packed_zeros(batch_sizes, groups, out, x.dtype, x.device),
+                _ops.packed_zeros(batch_sizes, groups, hidden, x.dtype, x.device))
+    zeros = dict(dtype=x.dtype, device=x.device)
+    return torch.zeros(groups, batch, out, **zeros), torch.zeros(groups, batch, hidden, **zeros)
 
 
 def _unpack(group: Sequence[Tensor], bias: bool):
@@ -190,6 +196,6 @@ def _autocast_rule(x: Tensor, packed: bool):
     """Autocast as torch.lstm has it: padded input runs in autocast's dtype (the
     op's own autocast rule casts it); the packed overload is not on autocast's
     list, so packed input runs in its own dtype."""
-    if packed:
+    if packed and torch.is_autocast_enabled(x.device.type):
         return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()

@@ -81,19 +81,3 @@ def test_packed_unsorted_hx_with_extra_rows():
     got, expected = ours(input, hx), ref(input, hx)
     torch.testing.assert_close(got[0].data, expected[0].data, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got[1], expected[1], rtol=1e-10, atol=1e-10)
-
-
-def test_compiles_into_one_graph_where_dynamo_takes_rnns():
-    """Dynamo declines nn.RNNBase modules (a graph break, the same for nn.LSTM) unless
-    allow_rnn is set; with it, the module compiles into a single graph."""
-    case = ModuleCase(layers=2, bidirectional=True, batch_first=True)
-    _, ours = twins(case)
-    x = ModuleProblem(case).x
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(ours, fullgraph=True)
-        got = compiled(x)
-    torch._dynamo.reset()
-    expected = ours(x)
-    torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
