@@ -1,0 +1,33 @@
+"""A short run of every example."""
+
+import importlib.util
+import json
+import pathlib
+
+import torch
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_char_lm_both_implementations_learn_the_same_curve(tmp_path):
+    char_lm = _load("char_lm")
+    threads = torch.get_num_threads()
+    try:
+        summary = char_lm.main(["--steps", "8", "--chars", "50000", "--hidden", "32",
+                                "--batch", "4", "--seq", "16", "--quiet",
+                                "--out", str(tmp_path / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    torch_run, ours = summary["runs"]
+    assert torch_run["losses"][-1] < torch_run["losses"][0]  # it learns
+    # Same seed, same batches: float32 rounding apart, the same curve.
+    assert summary["max_loss_gap"] < 1e-4
+    assert (tmp_path / "run.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run.json").read_text())["speedup"] > 0
