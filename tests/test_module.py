@@ -81,3 +81,12 @@ def test_packed_unsorted_hx_with_extra_rows():
     got, expected = ours(input, hx), ref(input, hx)
     torch.testing.assert_close(got[0].data, expected[0].data, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got[1], expected[1], rtol=1e-10, atol=1e-10)
+
+
+def test_backward_after_eval_mode_forward():
+    """Attribution methods differentiate a model in eval mode (cuDNN refuses)."""
+    case = ModuleCase(layers=2, bidirectional=True, proj=3, input="packed", dropout=0.5)
+    ref, ours = twins(case)
+    ref.eval(), ours.eval()
+    problem = ModuleProblem(case)
+    assert_same_results(problem.run(ours), problem.run(ref), rtol=1e-10, atol=1e-10)

@@ -68,3 +68,18 @@ def test_first_order_backward_stays_fused():
     y, _ = lstm_ext.lstm_layer(tensors[0], (tensors[1], tensors[2]), *tensors[3:])
     grads = torch.autograd.grad(y.sum(), tensors)
     assert all(g.grad_fn is None for g in grads)
+
+
+def test_module_gradgradcheck():
+    torch.manual_seed(0)
+    lstm = lstm_ext.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    params = list(lstm.parameters())
+
+    def run(x, *weights):
+        out, (h_n, c_n) = torch.func.functional_call(
+            lstm, dict(zip([n for n, _ in lstm.named_parameters()], weights)), (x,)
+        )
+        return out, h_n, c_n
+
+    assert torch.autograd.gradgradcheck(run, (x, *params))
