@@ -14,8 +14,26 @@ def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _check_fake(x, batch_sizes, tensors):
+    """What the kernels check first and shapes alone can tell: without it, fake
+    (and meta) tensors of mixed devices or dtypes would pass where the kernels
+    raise."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        torch._check(t.device == x.device,
+                     lambda: f"lstm_layer: {name} is on {t.device} but x is on {x.device}")
+        torch._check(t.dtype == x.dtype,
+                     lambda: f"lstm_layer: {name} has dtype {t.dtype} but x has dtype {x.dtype}")
+    torch._check(x.dim() == 2, lambda: f"lstm_layer: x must be 2-D, got {x.dim()}-D")
+    torch._check(batch_sizes.device.type == "cpu" and batch_sizes.dtype == torch.int64,
+                 lambda: "lstm_layer: batch_sizes must be an int64 CPU tensor")
+
+
 @torch.library.register_fake("lstm_ext::lstm_layer")
 def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                                     w_hr=w_hr))
     rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
     saved = _saved_dtype(x.dtype)
     return (
@@ -31,6 +49,7 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
 def _lstm_layer_backward_fake(
     dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, output_mask
 ):
+    _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y))
     want_input, want_weights, want_bias, want_proj = output_mask
     return (
         x.new_empty(x.shape) if want_input else None,

@@ -1,0 +1,267 @@
+"""Fuzz cases for tests/test_fuzz.py, built and run inside a worker process so
+that a crash shows up as a failed case, not as a dead test run. Cases are
+plain data (picklable); everything about tensors happens here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import lstm_ext
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LAYOUTS = ("contiguous", "transposed", "expanded", "sliced")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleCase:
+    layers: int
+    bidirectional: bool
+    bias: bool
+    proj: int
+    batch_first: bool
+    kind: str  # padded, packed (unsorted lengths), sorted, unbatched
+    T: int
+    B: int
+    I: int  # noqa: E741
+    H: int
+    dtype: str
+    hx: bool
+    layout: str  # of the input and the states
+    weight_views: bool  # parameters replaced by strided views
+    seed: int
+    mutation: str = ""  # for invalid cases: what to break
+
+
+def _tensor(shape, layout, dtype, gen):
+    """A leaf and a tensor of `shape` made from it with the given memory layout."""
+    if layout == "transposed" and len(shape) >= 2:
+        leaf = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=gen, dtype=dtype)
+        leaf.requires_grad_()
+        return leaf, leaf.transpose(-1, -2)
+    if layout == "expanded" and len(shape) >= 2:
+        leaf = torch.randn(*shape[:-2], 1, shape[-1], generator=gen, dtype=dtype)
+        leaf.requires_grad_()
+        return leaf, leaf.expand(*shape)
+    if layout == "sliced":
+        leaf = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=dtype)
+        leaf.requires_grad_()
+        return leaf, leaf[..., ::2]
+    leaf = torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+    return leaf, leaf
+
+
+def _modules(c: ModuleCase):
+    torch.manual_seed(c.seed)
+    kwargs = dict(num_layers=c.layers, bias=c.bias, batch_first=c.batch_first,
+                  bidirectional=c.bidirectional, proj_size=c.proj)
+    ref = nn.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
+    ours = lstm_ext.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _weights(c: ModuleCase, module, gen):
+    """Leaves and the parameter dict for functional_call (views when asked)."""
+    leaves, params = [], {}
+    for name, p in module.named_parameters():
+        if c.weight_views:
+            leaf, view = _tensor(tuple(p.shape), "sliced", p.dtype, gen)
+            with torch.no_grad():
+                leaf[..., ::2] = p
+        else:
+            leaf = view = p.detach().clone().requires_grad_()
+        leaves.append(leaf)
+        params[name] = view
+    return leaves, params
+
+
+def _inputs(c: ModuleCase, gen):
+    dtype = DTYPES[c.dtype]
+    D, P = (2 if c.bidirectional else 1), (c.proj or c.H)
+    unbatched = c.kind == "unbatched"
+    shape = (c.B, c.T, c.I) if c.batch_first else (c.T, c.B, c.I)
+    if unbatched:
+        shape = (c.T, c.I)
+    x_leaf, x = _tensor(shape, c.layout, dtype, gen)
+    lengths = torch.randint(1, c.T + 1, (c.B,), generator=gen)
+    lengths[0] = c.T
+    if c.kind == "sorted":
+        lengths = lengths.sort(descending=True).values
+    state = (c.layers * D, P) if unbatched else (c.layers * D, c.B, P)
+    cell = state[:-1] + (c.H,)
+    h_leaf, h0 = _tensor(state, c.layout, dtype, gen)
+    c_leaf, c0 = _tensor(cell, c.layout, dtype, gen)
+    if c.kind in ("packed", "sorted"):
+        x = pack_padded_sequence(x, lengths, batch_first=c.batch_first,
+                                 enforce_sorted=c.kind == "sorted")
+    hx = (h0, c0) if c.hx else None
+    return [x_leaf, h_leaf, c_leaf] if c.hx else [x_leaf], x, hx
+
+
+def _run(module, params, x, hx, gen_seed):
+    out, (h_n, c_n) = torch.func.functional_call(module, params, (x, hx))
+    y = out.data if isinstance(out, PackedSequence) else out
+    gen = torch.Generator().manual_seed(gen_seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum()
+               for t in (y, h_n, c_n))
+    return y, h_n, c_n, loss
+
+
+def check_valid(c: ModuleCase) -> None:
+    """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient."""
+    tol = dict(rtol=1e-10, atol=1e-10) if c.dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
+    ref, ours = _modules(c)
+    results = []
+    for module in (ref, ours):
+        gen = torch.Generator().manual_seed(c.seed)
+        leaves, x, hx = _inputs(c, gen)
+        weight_leaves, params = _weights(c, module, gen)
+        y, h_n, c_n, loss = _run(module, params, x, hx, c.seed)
+        grads = torch.autograd.grad(loss, leaves + weight_leaves)
+        results.append((y, h_n, c_n, *grads))
+    for i, (a, b) in enumerate(zip(*results)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
+
+
+MODULE_MUTATIONS = (
+    "input_1d", "input_4d", "input_size", "input_int", "input_dtype", "hx_rank", "hx_batch",
+    "hx_size", "cx_shape", "hx_dtype", "hx_layers", "empty_sequence",
+)
+
+
+def _mutate_module_input(c: ModuleCase, x, hx):
+    data = x.data if isinstance(x, PackedSequence) else x
+    other = torch.float64 if data.dtype == torch.float32 else torch.float32
+    h0, c0 = hx if hx is not None else (None, None)
+    m = c.mutation
+    if m == "input_1d":
+        return data.flatten(), hx
+    if m == "input_4d":
+        return data.unsqueeze(0).unsqueeze(0) if data.dim() == 2 else data.unsqueeze(0), hx
+    if m == "input_size":
+        data = torch.cat([data, data[..., :1]], -1)
+    elif m == "input_int":
+        data = data.long()
+    elif m == "input_dtype":
+        data = data.to(other)
+    elif m == "empty_sequence":
+        data = data[:0] if not c.batch_first or data.dim() == 2 else data[:, :0]
+    if m.startswith("input_") or m == "empty_sequence":
+        return x._replace(data=data) if isinstance(x, PackedSequence) else data, hx
+    h0 = h0 if h0 is not None else torch.zeros(1)
+    c0 = c0 if c0 is not None else torch.zeros(1)
+    if m == "hx_rank":
+        h0 = h0.unsqueeze(0)
+    elif m == "hx_batch":
+        h0 = torch.cat([h0, h0], -2)
+    elif m == "hx_size":
+        h0 = torch.cat([h0, h0[..., :1]], -1)
+    elif m == "cx_shape":
+        c0 = c0[..., :-1] if c0.shape[-1] > 1 else torch.cat([c0, c0], -1)
+    elif m == "hx_dtype":
+        h0, c0 = h0.to(other), c0.to(other)
+    elif m == "hx_layers":
+        h0, c0 = torch.cat([h0, h0]), torch.cat([c0, c0])
+    return x, (h0, c0)
+
+
+def check_invalid_module_input(c: ModuleCase) -> str:
+    """lstm_ext.LSTM raises a Python exception for the mutated input."""
+    _, ours = _modules(c)
+    gen = torch.Generator().manual_seed(c.seed)
+    _, x, hx = _inputs(dataclasses.replace(c, hx=True), gen)
+    x, hx = _mutate_module_input(c, x, hx)
+    try:
+        ours(x, hx)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        return type(e).__name__
+    raise AssertionError(f"{c}: no exception")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCase:
+    rows_per_step: tuple[int, ...]
+    I: int  # noqa: E741
+    H: int
+    proj: int
+    argument: str
+    mutation: str
+    seed: int
+
+
+OP_ARGUMENTS = ("x", "batch_sizes", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+OP_MUTATIONS = {
+    "batch_sizes": ("increasing", "zero", "negative", "float", "int32", "sum_high", "sum_low",
+                    "empty", "2d", "meta"),
+    "tensor": ("rank_up", "rank_down", "size", "dtype", "int", "meta"),
+}
+
+
+def check_invalid_op_arguments(c: OpCase) -> str:
+    """The op raises RuntimeError for the mutated argument."""
+    gen = torch.Generator().manual_seed(c.seed)
+    sizes = sorted(c.rows_per_step, reverse=True)
+    P = c.proj or c.H
+
+    def t(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    args = dict(x=t(sum(sizes), c.I), batch_sizes=torch.tensor(sizes), h0=t(sizes[0], P),
+                c0=t(sizes[0], c.H), w_ih=t(4 * c.H, c.I), w_hh=t(4 * c.H, P), b_ih=t(4 * c.H),
+                b_hh=t(4 * c.H), w_hr=t(P, c.H) if c.proj else None)
+    value, m = args[c.argument], c.mutation
+    if c.argument == "batch_sizes":
+        value = {
+            "increasing": lambda: torch.tensor(sorted(sizes)) if len(set(sizes)) > 1
+            else torch.tensor([sizes[0]] + [sizes[0] + 1] * (len(sizes) - 1) + [0]),
+            "zero": lambda: torch.tensor(sizes + [0]),
+            "negative": lambda: torch.tensor(sizes[:-1] + [-sizes[-1]]),
+            "float": lambda: torch.tensor(sizes, dtype=torch.float32),
+            "int32": lambda: torch.tensor(sizes, dtype=torch.int32),
+            "sum_high": lambda: torch.tensor(sizes + [1]),
+            "sum_low": lambda: torch.tensor(sizes[:-1]) if len(sizes) > 1 else torch.tensor([]),
+            "empty": lambda: torch.tensor([], dtype=torch.int64),
+            "2d": lambda: torch.tensor(sizes).view(1, -1),
+            "meta": lambda: torch.tensor(sizes, device="meta"),
+        }[m]()
+    elif value is None:
+        value = t(P, c.H + 1)  # a projection weight where P == H cannot be right
+    else:
+        value = {
+            "rank_up": lambda: value.unsqueeze(0),
+            "rank_down": lambda: value.flatten()[:1].squeeze() if value.dim() == 1 else value[0],
+            "size": lambda: torch.cat([value, value[..., :1]], -1),
+            "dtype": lambda: value.double(),
+            "int": lambda: value.long(),
+            "meta": lambda: value.to("meta"),
+        }[m]()
+    args[c.argument] = value
+    try:
+        lstm_ext._ops.lstm_layer(*args.values(), False)
+    except RuntimeError as e:
+        return str(e).splitlines()[0]
+    raise AssertionError(f"{c}: no exception")
+
+
+def check_nonfinite_propagates_like_nn_lstm(c: ModuleCase) -> None:
+    """NaN and Inf are not errors for nn.LSTM either: they must reach the same
+    outputs, and the finite ones must still agree."""
+    ref, ours = _modules(c)
+    gen = torch.Generator().manual_seed(c.seed)
+    _, x, hx = _inputs(c, gen)
+    data = (x.data if isinstance(x, PackedSequence) else x).detach().contiguous().clone()
+    flat = data.view(-1)
+    picks = torch.randint(0, flat.numel(), (2,), generator=gen)
+    flat[picks[0]], flat[picks[1]] = float("nan"), float("inf")
+    x = x._replace(data=data) if isinstance(x, PackedSequence) else data
+    with torch.no_grad():
+        results = [m(x, hx) for m in (ref, ours)]
+    (out_r, (h_r, c_r)), (out_o, (h_o, c_o)) = results
+    tol = dict(rtol=1e-10, atol=1e-10) if c.dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
+    for a, b in ((out_o, out_r), (h_o, h_r), (c_o, c_r)):
+        a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+        torch.testing.assert_close(a, b, equal_nan=True, **tol, msg=lambda m: f"{c}: {m}")

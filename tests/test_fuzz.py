@@ -1,0 +1,88 @@
+"""Property-based fuzzing of lstm_ext.LSTM and the op (hypothesis).
+
+Valid configurations, with non-contiguous, transposed, expanded and sliced
+inputs and states and weights that are views, must match nn.LSTM; invalid
+ones must raise a Python exception. Every case runs in a worker process: a
+crash fails that case (BrokenProcessPool) instead of killing the test run.
+Examples are derandomized, so CI tries the same cases each time.
+"""
+
+import concurrent.futures
+import multiprocessing
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fuzz_cases as fc
+
+
+
+def fuzz(examples):
+    return settings(max_examples=examples, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def worker():
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        yield pool
+
+
+def _in_worker(pool, fn, case):
+    try:
+        return pool.submit(fn, case).result(timeout=120)
+    except concurrent.futures.process.BrokenProcessPool:
+        pytest.fail(f"the worker process died (a crash) on {case}")
+
+
+@st.composite
+def module_cases(draw, mutation=st.just("")):
+    H = draw(st.integers(1, 6))
+    return fc.ModuleCase(
+        layers=draw(st.integers(1, 3)), bidirectional=draw(st.booleans()),
+        bias=draw(st.booleans()), proj=draw(st.integers(0, H - 1)),
+        batch_first=draw(st.booleans()),
+        kind=draw(st.sampled_from(["padded", "packed", "sorted", "unbatched"])),
+        T=draw(st.integers(1, 5)), B=draw(st.integers(1, 4)), I=draw(st.integers(1, 5)), H=H,
+        dtype=draw(st.sampled_from(sorted(fc.DTYPES))), hx=draw(st.booleans()),
+        layout=draw(st.sampled_from(fc.LAYOUTS)), weight_views=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)), mutation=draw(mutation),
+    )
+
+
+@fuzz(150)
+@given(case=module_cases())
+def test_valid_configurations_match_nn_lstm(worker, case):
+    _in_worker(worker, fc.check_valid, case)
+
+
+@fuzz(150)
+@given(case=module_cases(mutation=st.sampled_from(fc.MODULE_MUTATIONS)))
+def test_invalid_module_input_raises(worker, case):
+    _in_worker(worker, fc.check_invalid_module_input, case)
+
+
+@st.composite
+def op_cases(draw):
+    argument = draw(st.sampled_from(fc.OP_ARGUMENTS))
+    kind = "batch_sizes" if argument == "batch_sizes" else "tensor"
+    return fc.OpCase(
+        rows_per_step=tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=5))),
+        I=draw(st.integers(1, 4)), H=draw(st.integers(1, 5)), proj=draw(st.integers(0, 2)),
+        argument=argument, mutation=draw(st.sampled_from(fc.OP_MUTATIONS[kind])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@fuzz(200)
+@given(case=op_cases())
+def test_invalid_op_arguments_raise(worker, case):
+    _in_worker(worker, fc.check_invalid_op_arguments, case)
+
+
+@fuzz(50)
+@given(case=module_cases())
+def test_nan_and_inf_propagate_like_nn_lstm(worker, case):
+    _in_worker(worker, fc.check_nonfinite_propagates_like_nn_lstm, case)
