@@ -1,92 +1,100 @@
-"""lstm_ext against torch.nn.LSTM in one process, as ratios.
+"""lstm_ext.LSTM against torch.nn.LSTM and an nn.LSTMCell loop, in one process.
 
-Times one LSTM layer, forward (no grad) and forward+backward, with
-torch.utils.benchmark on the same weights and input, and prints a markdown
-table of medians and speedups (nn.LSTM time / lstm_ext time; > 1 is faster).
+For every configuration, forward (no grad) and forward+backward are timed with
+torch.utils.benchmark on the same weights and input; the table gives medians,
+the speedup over nn.LSTM (> 1 is faster), the GF/s lstm_ext reaches and its
+share of what torch.mm reaches on the same machine and run, and peak resident
+memory. Writes benchmarks/results/bench.{md,json,png}.
+
+    python benchmarks/bench.py          # quick grid (make bench)
+    python benchmarks/bench.py --full   # the whole grid
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import datetime
+import os
+import pathlib
 import platform
+import sys
 
 import torch
 import torch.utils.benchmark as benchmark
 from tqdm import tqdm
 
-import lstm_ext
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-QUICK = [(1, 100, 64, 64), (32, 100, 256, 256), (64, 100, 512, 512)]
-FULL = QUICK + [(8, 500, 128, 128), (128, 35, 1024, 1024)]
+import configs  # noqa: E402
+import measure  # noqa: E402
+import report  # noqa: E402
 
-
-@dataclasses.dataclass
-class Row:
-    config: str
-    mode: str
-    torch_ms: float
-    ours_ms: float
-
-    @property
-    def speedup(self) -> float:
-        return self.torch_ms / self.ours_ms
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def median_ms(stmt, env, min_run_time) -> float:
-    timer = benchmark.Timer(stmt=stmt, globals=env, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+def cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def bench_layer(B, T, I, H, min_run_time) -> list[Row]:  # noqa: E741
-    torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H)
-    weights = [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]
-    x = torch.randn(T, B, I, requires_grad=True)
-    env = dict(torch=torch, ref=ref, x=x, w=weights, lstm_layer=lstm_ext.lstm_layer)
-    ours, theirs = "lstm_layer(x, None, *w)[0]", "ref(x)[0]"
-    config = f"B={B} T={T} I={I} H={H}"
-    rows = []
-    for mode, wrap in [
-        ("forward", "with torch.no_grad(): {}"),
-        ("forward+backward", "{}.sum().backward()"),
-    ]:
-        rows.append(
-            Row(
-                config,
-                mode,
-                median_ms(wrap.format(theirs), env, min_run_time),
-                median_ms(wrap.format(ours), env, min_run_time),
-            )
-        )
-    return rows
-
-
-def markdown(rows: list[Row]) -> str:
-    lines = [
-        "| config (1 layer, fp32) | mode | nn.LSTM ms | lstm_ext ms | speedup |",
-        "|---|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r.config} | {r.mode} | {r.torch_ms:.3f} | {r.ours_ms:.3f} | {r.speedup:.2f}x |"
-        for r in rows
-    ]
-    return "\n".join(lines)
+def run(config: configs.Config, min_run_time: float, timings: list) -> list[dict]:
+    models = measure.models(config)
+    x, rows = measure.inputs(config)
+    mm = measure.mm_flops_per_second(config, rows, min_run_time)
+    results = []
+    for mode, make, work in (
+        ("forward", measure.forward_fn, config.forward_flops(rows)),
+        ("forward+backward", measure.training_fn, 3 * config.forward_flops(rows)),
+    ):
+        ms, peak = {}, {}
+        for name, model in models.items():
+            fn = make(model, x)
+            fn()  # warm-up: kernels JIT-compiled, caches filled
+            m = measure.median_seconds(fn, min_run_time, "LSTM", f"{config.name} {mode}", name)
+            timings.append(m)
+            ms[name] = m.median * 1e3
+            peak[name] = measure.peak_memory_bytes(fn) / 2**20
+        gflops = work / (ms["lstm_ext"] * 1e-3) / 1e9
+        results.append(dict(config=config.name, mode=mode, ms=ms, speedup=ms["nn.LSTM"] / ms["lstm_ext"],
+                            gflops=gflops, of_mm=gflops * 1e9 / mm, mm_gflops=mm / 1e9,
+                            peak_mb=peak))
+    return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the whole grid (slower)")
+    parser.add_argument("--full", action="store_true", help="the whole grid (about 10 minutes)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--min-run-time", type=float, default=None,
+                        help="seconds per measurement (default 0.5 quick, 2 full)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    grid = FULL if args.full else QUICK
-    rows = []
-    for shape in tqdm(grid, desc="benchmark", unit="config"):
-        rows += bench_layer(*shape, args.min_run_time)
-    print(f"\ntorch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
-    print(markdown(rows))
+    grid = configs.GRID if args.full else configs.QUICK
+    min_run_time = args.min_run_time or (2.0 if args.full else 0.5)
+
+    rows, timings = [], []
+    for config in tqdm(grid, desc="benchmark", unit="config"):
+        rows += run(config, min_run_time, timings)
+
+    meta = dict(date=datetime.date.today().isoformat(), torch=torch.__version__,
+                threads=args.threads, cpu=cpu_name(), cores=os.cpu_count(),
+                grid="full" if args.full else "quick",
+                command="python benchmarks/bench.py" + (" --full" if args.full else ""))
+    header = (f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, "
+              f"{meta['date']} ({meta['grid']} grid)")
+    benchmark.Compare(timings).print()
+    table = report.markdown(rows)
+    print(f"\n{header}\n\n{table}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench.md").write_text(f"{header}\n\n{table}\n")
+    report.write_json(rows, meta, RESULTS / "bench.json")
+    report.plot(rows, RESULTS / "bench.png", header)
+    print(f"\nwrote {RESULTS}/bench.md, bench.json, bench.png")
 
 
 if __name__ == "__main__":

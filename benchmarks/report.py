@@ -1,0 +1,51 @@
+"""The benchmark's outputs: a markdown table, a JSON file, a speedup plot."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| config | mode | nn.LSTM ms | lstm_ext ms | speedup | LSTMCell loop ms "
+        "| lstm_ext GF/s | % of mm | peak MB nn.LSTM / lstm_ext |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        loop = f"{r['ms']['LSTMCell loop']:.2f}" if "LSTMCell loop" in r["ms"] else "—"
+        lines.append(
+            f"| {r['config']} | {r['mode']} | {r['ms']['nn.LSTM']:.2f} | {r['ms']['lstm_ext']:.2f} "
+            f"| **{r['speedup']:.2f}x** | {loop} | {r['gflops']:.0f} | {100 * r['of_mm']:.0f}% "
+            f"| {r['peak_mb']['nn.LSTM']:.0f} / {r['peak_mb']['lstm_ext']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(rows: list[dict], meta: dict, path: pathlib.Path):
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def plot(rows: list[dict], path: pathlib.Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    modes = ["forward", "forward+backward"]
+    width = 0.4
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(configs) + 1.5))
+    for k, mode in enumerate(modes):
+        speed = {r["config"]: r["speedup"] for r in rows if r["mode"] == mode}
+        ys = [i + (k - 0.5) * width for i in range(len(configs))]
+        bars = ax.barh(ys, [speed.get(c, 0) for c in configs], height=width, label=mode)
+        ax.bar_label(bars, fmt="%.2fx", padding=2, fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(configs)), configs, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup over torch.nn.LSTM (higher is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
