@@ -35,12 +35,17 @@ def want_cuda() -> bool:
 
 
 def cpu_flags() -> list[str]:
-    # The cell passes use at::vec; it picks AVX2 code only when told to. The
-    # extension is built on the machine that runs it, so follow its CPU.
+    # The cell passes use at::vec, which picks AVX2 or AVX-512 code only when
+    # told to (ATen builds each kernel once per level and dispatches at run
+    # time). The extension is built on the machine that runs it: follow its CPU.
     cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    if " avx2 " in flags and " fma " in flags:
-        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    avx2 = ["-mavx2", "-mfma"]
+    avx512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+    if {f[2:] for f in avx2 + avx512} <= flags:
+        return [*avx2, *avx512, "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    if {f[2:] for f in avx2} <= flags:
+        return [*avx2, "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return []
 
 
