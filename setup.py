@@ -54,9 +54,12 @@ def extension():
 
     import nvidia  # the CUDA build of torch ships the headers ATen's CUDA code needs
 
+    nvidia_cuda = os.path.join(nvidia.__path__[0], "cu13")
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/cuda/*.cu"))]
     kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-Xptxas=-v,--warn-on-spills"]
-    kwargs["include_dirs"] = [os.path.join(nvidia.__path__[0], "cu13", "include")]
+    kwargs["include_dirs"] = [os.path.join(nvidia_cuda, "include")]
+    # The GEMMs call cuBLAS, the one torch loads (only the versioned name exists).
+    kwargs["extra_link_args"] += ["-L" + os.path.join(nvidia_cuda, "lib"), "-l:libcublas.so.13"]
     kwargs["define_macros"] = [("LSTM_EXT_CUDA", "1")]
     return cpp_extension.CUDAExtension("lstm_ext._C", sources, **kwargs)
 
