@@ -83,3 +83,19 @@ def test_reduced_precision_matches_cpu_op(dtype):
     for a, b in zip(torch.autograd.grad(ours.loss, leaves), torch.autograd.grad(cpu.loss, leaves)):
         torch.testing.assert_close(a, b, **tol)
 
+
+def test_input_of_size_zero():
+    """The op takes I = 0 (nn.LSTM does not): the input GEMMs have an empty
+    operand, whose leading dimension cuBLAS still wants >= 1."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 0, dtype=torch.float64, requires_grad=True)
+    w_ih = torch.randn(20, 0, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    hx = (torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64))
+    results = []
+    for layer in (emulated.lstm_layer, lstm_ext.lstm_layer):
+        y, (h_n, c_n) = layer(x, hx, w_ih, w_hh)
+        loss = y.sin().sum() + h_n.sum() + c_n.sum()
+        results.append([y, h_n, c_n, *torch.autograd.grad(loss, (x, w_ih, w_hh))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

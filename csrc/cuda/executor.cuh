@@ -47,7 +47,7 @@ struct Executor {
   void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                    const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc) const {
     if (m == 0 || n == 0) return;
-    backend.gemm('n', 't', n, m, k, scalar_t(1), b, ldb, a, lda, scalar_t(0), c, ldc);
+    backend.gemm('n', 't', n, m, k, scalar_t(1), b, ld(ldb), a, ld(lda), scalar_t(0), c, ldc);
   }
 
   void copy(scalar_t* dst, const scalar_t* src, int64_t n) const {
@@ -79,8 +79,13 @@ struct Executor {
   void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const scalar_t* b,
             int64_t ldb, scalar_t* c, int64_t ldc, bool accumulate) const {
     if (m == 0 || n == 0) return;
-    backend.gemm('n', 'n', n, m, k, scalar_t(1), b, ldb, a, lda, scalar_t(accumulate), c, ldc);
+    backend.gemm('n', 'n', n, m, k, scalar_t(1), b, ld(ldb), a, ld(lda), scalar_t(accumulate), c,
+                 ldc);
   }
+
+  // cuBLAS wants every leading dimension >= 1, even that of an operand with
+  // no columns (an input of size 0), which it never reads.
+  static int64_t ld(int64_t v) { return std::max<int64_t>(v, 1); }
 
   // One thread per element, up to max_blocks blocks; the kernels loop over the rest.
   template <typename Kernel, typename... Args>
