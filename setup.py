@@ -1,4 +1,5 @@
-"""Builds lstm_ext._C: the CPU op always, the CUDA op when it can be compiled.
+"""Builds lstm_ext._C: the CPU op always, the CUDA op when it can be compiled;
+and lstm_ext._emu, the CUDA kernels emulated on the CPU for the tests.
 
 LSTM_EXT_CUDA=1 or 0 forces the CUDA part on or off; by default it is built
 when torch is a CUDA build and nvcc exists. No other environment is needed.
@@ -59,14 +60,26 @@ def extension():
 
     import nvidia  # the CUDA build of torch ships the headers ATen's CUDA code needs
 
+    nvidia_cuda = os.path.join(nvidia.__path__[0], "cu13")
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/cuda/*.cu"))]
     kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-Xptxas=-v,--warn-on-spills"]
-    kwargs["include_dirs"] = [os.path.join(nvidia.__path__[0], "cu13", "include")]
+    kwargs["include_dirs"] = [os.path.join(nvidia_cuda, "include")]
+    # The GEMMs call cuBLAS, the one torch loads (only the versioned name exists).
+    kwargs["extra_link_args"] += ["-L" + os.path.join(nvidia_cuda, "lib"), "-l:libcublas.so.13"]
     kwargs["define_macros"] = [("LSTM_EXT_CUDA", "1")]
     return cpp_extension.CUDAExtension("lstm_ext._C", sources, **kwargs)
 
 
+def emulated_extension():
+    # Plain C++, so that every build, with nvcc or without, can test the CUDA
+    # kernels and executor (csrc/emu). Its own module and op namespace keep it
+    # out of lstm_ext._C and torch.ops.lstm_ext.
+    sources = ["csrc/checks.cpp"]
+    sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/emu/*.cpp"))]
+    return cpp_extension.CppExtension("lstm_ext._emu", sources, extra_compile_args={"cxx": ["-O2"]})
+
+
 setup(
-    ext_modules=[extension()],
+    ext_modules=[extension(), emulated_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )

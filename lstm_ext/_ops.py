@@ -1,5 +1,7 @@
 """Loads the compiled ops and registers their fake (meta) and autograd rules."""
 
+import functools
+
 import torch
 
 from . import _C  # noqa: F401  (importing it registers torch.ops.lstm_ext)
@@ -30,7 +32,6 @@ def _check_fake(x, batch_sizes, tensors):
                  lambda: "lstm_layer: batch_sizes must be an int64 CPU tensor")
 
 
-@torch.library.register_fake("lstm_ext::lstm_layer")
 def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                                      w_hr=w_hr))
@@ -45,7 +46,6 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
     )
 
 
-@torch.library.register_fake("lstm_ext::lstm_layer_backward")
 def _lstm_layer_backward_fake(
     dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, output_mask
 ):
@@ -72,7 +72,7 @@ def _setup_context(ctx, inputs, output):
     ctx.reverse = reverse
 
 
-def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+def _backward(layer_backward, ctx, dy, dh_n, dc_n, _dgates, _dcells):
     x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells = ctx.saved_tensors
     need = ctx.needs_input_grad
     if torch.is_grad_enabled():  # create_graph=True: these gradients get differentiated
@@ -80,7 +80,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
         return _second_order.layer_gradients(inputs, (dy, dh_n, dc_n), need)
     # Inputs: x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse.
     mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_backward(
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
         dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, ctx.reverse, mask
     )
     return (
@@ -97,7 +97,21 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
     )
 
 
-torch.library.register_autograd("lstm_ext::lstm_layer", _backward, setup_context=_setup_context)
+def register(namespace: str) -> None:
+    """Registers the fake and autograd rules of the ops in `namespace`: lstm_ext's,
+    and those of lstm_ext_emu (the emulated CUDA build the tests load), which
+    has the same schemas."""
+    layer_backward = getattr(torch.ops, namespace).lstm_layer_backward.default
+    torch.library.register_fake(f"{namespace}::lstm_layer", _lstm_layer_fake)
+    torch.library.register_fake(f"{namespace}::lstm_layer_backward", _lstm_layer_backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::lstm_layer",
+        functools.partial(_backward, layer_backward),
+        setup_context=_setup_context,
+    )
+
+
+register("lstm_ext")
 
 
 @torch.library.custom_op("lstm_ext::packed_zeros", mutates_args=())

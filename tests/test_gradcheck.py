@@ -14,8 +14,12 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_gradcheck(cfg):
+def config_id(cfg):
+    return "-".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def gradcheck_layer(cfg, lstm_layer):
+    """gradcheck of `lstm_layer` (lstm_ext.lstm_layer's signature) on the config's inputs."""
     torch.manual_seed(0)
     I, H = 3, 4
     P = cfg["proj"] or H
@@ -35,10 +39,15 @@ def test_gradcheck(cfg):
     def layer(x, h0, c0, w_ih, w_hh, *rest):
         b_ih, b_hh = rest[:2] if cfg["bias"] else (None, None)
         w_hr = rest[-1] if cfg["proj"] else None
-        y, (h_n, c_n) = lstm_ext.lstm_layer(
+        y, (h_n, c_n) = lstm_layer(
             x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr,
             batch_sizes=batch_sizes, reverse=cfg["reverse"],
         )
         return y, h_n, c_n
 
     assert torch.autograd.gradcheck(layer, inputs)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_gradcheck(cfg):
+    gradcheck_layer(cfg, lstm_ext.lstm_layer)

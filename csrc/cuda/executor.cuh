@@ -1,0 +1,99 @@
+#pragma once
+// The executor of layer.h for a GPU, on top of a Backend that owns the
+// device: real CUDA (backend.cuh) or its host emulation (csrc/emu/backend.h).
+// Everything here, the launch geometry and the mapping of row-major products
+// onto column-major BLAS included, runs the same in both. A Backend supplies
+//   launch(kernel, grid, block, args...)    on the current stream
+//   gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+//                                           cuBLAS's column-major contract
+//   memcpy(dst, src, bytes)                 device to device, on the current stream
+//   max_blocks                              the largest grid to launch
+// Nothing here waits on the host or allocates, so a whole layer can be
+// captured in a CUDA graph.
+
+#include "../lstm.h"
+#include "kernels.cuh"
+
+#include <algorithm>
+
+namespace lstm_ext::cuda {
+
+template <typename Backend, typename scalar_t_>
+struct Executor {
+  using scalar_t = scalar_t_;
+  static constexpr int64_t kThreads = 256;
+
+  Backend backend;
+
+  // The steps of a sequence are serial, the sequences of a step are one
+  // launch: a single range covers the whole batch, whatever the work.
+  template <typename Body>
+  void for_each_row_range(const Steps& steps, int64_t /*flops_per_row*/, const Body& body) const {
+    body(0, steps.size(0));
+  }
+
+  void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+                 const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc, bool accumulate) const {
+    gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  }
+
+  void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+                     const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
+                     bool accumulate) const {
+    gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  }
+
+  // Row-major C = A^T B is column-major C^T = B^T A, A read transposed.
+  void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+                   const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc) const {
+    if (m == 0 || n == 0) return;
+    backend.gemm('n', 't', n, m, k, scalar_t(1), b, ld(ldb), a, ld(lda), scalar_t(0), c, ldc);
+  }
+
+  void copy(scalar_t* dst, const scalar_t* src, int64_t n) const {
+    if (n > 0) backend.memcpy(dst, src, n * sizeof(scalar_t));
+  }
+
+  void add(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n) const {
+    launch(n, add_kernel<scalar_t>, dst, a, b, n);
+  }
+
+  // The semantics of cpu::Executor::cell_forward and cell_backward.
+  void cell_forward(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
+                    const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
+                    scalar_t* c_out, scalar_t* h_out) const {
+    launch((r1 - r0) * H, cell_forward_kernel<scalar_t>, r0, r1, carried, H, gates, bias, c_prev,
+           c0, c_out, h_out);
+  }
+
+  void cell_backward(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
+                     const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
+                     const scalar_t* dh, const scalar_t* dh_extra, scalar_t* dc_state,
+                     scalar_t* dgates, scalar_t* h_out) const {
+    launch((r1 - r0) * H, cell_backward_kernel<scalar_t>, r0, r1, carried, H, gates, cells,
+           c_prev, c0, dh, dh_extra, dc_state, dgates, h_out);
+  }
+
+ private:
+  // Row-major C = A B is column-major C^T = B^T A^T: the operands swap.
+  void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const scalar_t* b,
+            int64_t ldb, scalar_t* c, int64_t ldc, bool accumulate) const {
+    if (m == 0 || n == 0) return;
+    backend.gemm('n', 'n', n, m, k, scalar_t(1), b, ld(ldb), a, ld(lda), scalar_t(accumulate), c,
+                 ldc);
+  }
+
+  // cuBLAS wants every leading dimension >= 1, even that of an operand with
+  // no columns (an input of size 0), which it never reads.
+  static int64_t ld(int64_t v) { return std::max<int64_t>(v, 1); }
+
+  // One thread per element, up to max_blocks blocks; the kernels loop over the rest.
+  template <typename Kernel, typename... Args>
+  void launch(int64_t elements, Kernel kernel, const Args&... args) const {
+    if (elements <= 0) return;
+    const int64_t blocks = std::min((elements + kThreads - 1) / kThreads, Backend::max_blocks);
+    backend.launch(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), args...);
+  }
+};
+
+}  // namespace lstm_ext::cuda

@@ -1,0 +1,78 @@
+#pragma once
+// The CUDA kernels of the time loop: the fused cell passes over csrc/cell.h
+// and an element-wise sum. Compiled by nvcc for the GPU, and as plain C++
+// after csrc/emu/shim.h for the emulated build, so they use only what the
+// shim provides: no shared memory, no barriers, no warp operations. Each
+// thread reads and writes only its own elements, which is also why running
+// the threads of a launch one after another (as the emulation does) is exact.
+//
+// Launches may have fewer threads than elements: every kernel walks its
+// elements in a grid-stride loop.
+
+#include "../cell.h"
+
+#include <cstdint>
+
+namespace lstm_ext::cuda {
+
+// Calls fn(e) for the elements e in [0, n) that belong to this thread.
+template <typename Fn>
+__device__ __forceinline__ void for_each_element(int64_t n, const Fn& fn) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += stride) {
+    fn(e);
+  }
+}
+
+// One element (row r, unit j) per iteration over rows [r0, r1) of one step;
+// the arguments are those of the executor's cell_forward.
+template <typename T>
+__global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t carried, int64_t H, T* gates,
+                                    const T* bias, const T* c_prev, const T* c0, T* c_out,
+                                    T* h_out) {
+  for_each_element((r1 - r0) * H, [&](int64_t e) {
+    const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
+    T* g = gates + r * 4 * H + j;
+    T i = g[0], f = g[H], gg = g[2 * H], o = g[3 * H];
+    if (bias) {
+      i += bias[j];
+      f += bias[H + j];
+      gg += bias[2 * H + j];
+      o += bias[3 * H + j];
+    }
+    T c, h;
+    cell_forward(i, f, gg, o, (r < carried ? c_prev : c0)[s], c, h);
+    g[0] = i;
+    g[H] = f;
+    g[2 * H] = gg;
+    g[3 * H] = o;
+    c_out[s] = c;
+    h_out[s] = h;
+  });
+}
+
+// The executor's cell_backward, one element per iteration.
+template <typename T>
+__global__ void cell_backward_kernel(int64_t r0, int64_t r1, int64_t carried, int64_t H,
+                                     const T* gates, const T* cells, const T* c_prev,
+                                     const T* c0, const T* dh, const T* dh_extra, T* dc_state,
+                                     T* dgates, T* h_out) {
+  for_each_element((r1 - r0) * H, [&](int64_t e) {
+    const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
+    const T* g = gates + r * 4 * H + j;
+    T* dg = dgates + r * 4 * H + j;
+    const T dh_total = dh_extra ? dh[s] + dh_extra[s] : dh[s];
+    T h;
+    cell_backward(g[0], g[H], g[2 * H], g[3 * H], cells[s], (r < carried ? c_prev : c0)[s],
+                  dh_total, dc_state[s], dg[0], dg[H], dg[2 * H], dg[3 * H], dc_state[s], h);
+    if (h_out) h_out[s] = h;
+  });
+}
+
+template <typename T>
+__global__ void add_kernel(T* dst, const T* a, const T* b, int64_t n) {
+  for_each_element(n, [&](int64_t e) { dst[e] = a[e] + b[e]; });
+}
+
+}  // namespace lstm_ext::cuda

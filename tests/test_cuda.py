@@ -1,0 +1,152 @@
+"""The CUDA op on a GPU: parity with the CPU op in every dtype, gradcheck,
+CUDA graph capture, non-default streams, determinism. No GPU is present where
+this project is developed: these tests skip there and the CUDA code is checked
+by tests/test_cuda_emulated.py instead; they run wherever a GPU appears."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import lstm_ext
+from reference import Case, Problem, assert_same
+from test_gradcheck import CONFIGS, config_id, gradcheck_layer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SHAPES = [
+    Case(),
+    Case(bias=False, proj=3),
+    Case(B=1, I=2, H=7),
+    Case(T=7, B=5, I=3, H=9, packed=True, proj=4),
+    Case(T=3, B=70, I=16, H=301, packed=True),
+]
+CASES = [
+    dataclasses.replace(case, reverse=reverse, dtype=dtype)
+    for case in SHAPES
+    for reverse in (False, True)
+    for dtype in (torch.float64, torch.float32)
+]
+
+
+def on_device(device, dtype=None):
+    """lstm_ext.lstm_layer run on `device` (in `dtype`) for CPU arguments, its
+    results back on the CPU in the arguments' dtype: gradients flow through."""
+
+    def run(input, hx, *weights, **kwargs):
+        def to(t):
+            return None if t is None else t.to(device, dtype or t.dtype)
+
+        y, (h_n, c_n) = lstm_ext.lstm_layer(to(input), tuple(map(to, hx)), *map(to, weights),
+                                            **kwargs)
+        return y.to("cpu", input.dtype), (h_n.to("cpu", input.dtype), c_n.to("cpu", input.dtype))
+
+    return run
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
+def test_matches_cpu_op(case):
+    problem = Problem(case)
+    assert_same(problem, problem.run_ours(layer=on_device("cuda")), problem.run_ours())
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
+def test_matches_nn_lstm(case):
+    problem = Problem(case)
+    assert_same(problem, problem.run_ours(layer=on_device("cuda")), problem.run_torch())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reduced_precision_matches_cpu_op(dtype, reverse):
+    """Both devices compute float16/bfloat16 in float: the same results up to
+    the order of float sums, rounded to `dtype`."""
+    problem = Problem(Case(T=6, B=4, packed=True, proj=3, reverse=reverse, dtype=torch.float32))
+    for leaf in problem.leaves():
+        leaf.data = leaf.data.to(dtype).float()
+    gpu = problem.run_ours(layer=on_device("cuda", dtype))
+    cpu = problem.run_ours(layer=on_device("cpu", dtype))
+    leaves = problem.leaves()
+    tol = dict(rtol=1e-2, atol=1e-2)
+    for a, b in zip((gpu.y, gpu.h_n, gpu.c_n), (cpu.y, cpu.h_n, cpu.c_n)):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(torch.autograd.grad(gpu.loss, leaves), torch.autograd.grad(cpu.loss, leaves)):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_gradcheck(cfg):
+    gradcheck_layer(cfg, on_device("cuda"))
+
+
+def cuda_problem():
+    """Leaves (x, h0, c0, weights) on the GPU, float32, packed, with a
+    projection, and the loss of lstm_ext.lstm_layer on them."""
+    problem = Problem(Case(T=6, B=4, packed=True, proj=3, dtype=torch.float32))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(problem.x.detach(), problem.lengths,
+                                                     enforce_sorted=False)
+    order = packed.sorted_indices
+    leaves = [packed.data, problem.h0[0, order], problem.c0[0, order], *problem.weights()]
+    leaves = [t.detach().cuda().requires_grad_() for t in leaves]
+
+    def loss():
+        x, h0, c0, *w = leaves
+        y, (h_n, c_n) = lstm_ext.lstm_layer(x, (h0, c0), *w, batch_sizes=packed.batch_sizes)
+        return y.square().sum() + h_n.sin().sum() + c_n.cos().sum()
+
+    return leaves, loss
+
+
+def loss_and_grads(leaves, loss):
+    value = loss()
+    return [value.detach(), *torch.autograd.grad(value, leaves)]
+
+
+def test_cuda_graph_capture_forward_and_backward():
+    leaves, loss = cuda_problem()
+    # Warm-up on a side stream, as torch.cuda.graphs asks before capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        loss_and_grads(leaves, loss)
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = loss_and_grads(leaves, loss)
+
+    with torch.no_grad():
+        for leaf in leaves:
+            leaf.copy_(torch.randn_like(leaf))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = loss_and_grads(leaves, loss)
+    for a, b in zip(captured, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_non_default_stream():
+    leaves, loss = cuda_problem()
+    expected = loss_and_grads(leaves, loss)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = loss_and_grads(leaves, loss)
+    torch.cuda.current_stream().wait_stream(stream)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_deterministic():
+    """No atomics in the gradient reductions: repeated runs agree bit for bit."""
+    leaves, loss = cuda_problem()
+    first, second = loss_and_grads(leaves, loss), loss_and_grads(leaves, loss)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_runs_on_the_device_of_its_arguments():
+    problem = Problem(Case(T=4, B=3, packed=True, proj=2))
+    with torch.cuda.device(0):
+        assert_same(problem, problem.run_ours(layer=on_device("cuda:1")), problem.run_ours())

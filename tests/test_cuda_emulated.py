@@ -1,0 +1,101 @@
+"""The CUDA kernels and executor, run on the CPU by the emulated build
+(csrc/emu), against the CPU op and torch.nn.LSTM: outputs, final states and
+every gradient; and gradcheck through them. Emulation runs every CUDA thread
+in turn, so the shapes stay small."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import emulated
+import lstm_ext
+from reference import Case, Problem, assert_same
+from test_gradcheck import CONFIGS, config_id, gradcheck_layer
+
+SHAPES = [
+    Case(),  # I != H
+    Case(bias=False),
+    Case(proj=3),
+    Case(proj=2, bias=False),
+    Case(T=1),
+    Case(B=1),
+    Case(I=2, H=7),
+    Case(T=7, B=5, I=3, H=9, packed=True),
+    Case(T=7, B=5, I=3, H=9, packed=True, proj=4, bias=False),
+    Case(T=6, B=1, packed=True),
+    # More cells per step than the emulated grid has threads (2 blocks of
+    # 256): the kernels' grid-stride loops.
+    Case(T=3, B=9, I=5, H=67, packed=True, proj=5),
+]
+CASES = [
+    dataclasses.replace(case, reverse=reverse, dtype=dtype)
+    for case in SHAPES
+    for reverse in (False, True)
+    for dtype in (torch.float64, torch.float32)
+]
+
+
+def case_id(case):
+    return f"{case}-{str(case.dtype)[6:]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_nn_lstm(case):
+    problem = Problem(case)
+    assert_same(problem, problem.run_ours(layer=emulated.lstm_layer), problem.run_torch())
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_cpu_op(case):
+    problem = Problem(case)
+    assert_same(problem, problem.run_ours(layer=emulated.lstm_layer), problem.run_ours())
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_gradcheck(cfg):
+    gradcheck_layer(cfg, emulated.lstm_layer)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_matches_cpu_op(dtype):
+    """float16/bfloat16 reach the CUDA executor as float (op.h): same results
+    as the CPU op's, up to the rounding of float sums done in another order."""
+    problem = Problem(Case(T=6, B=4, packed=True, proj=3, dtype=torch.float32))
+    for leaf in problem.leaves():
+        leaf.data = leaf.data.to(dtype).float()
+
+    def low_precision(layer):
+        def run(input, hx, *weights, **kwargs):
+            cast = [t.to(dtype) for t in (input, *hx, *weights)]
+            y, (h_n, c_n) = layer(cast[0], tuple(cast[1:3]), *cast[3:], **kwargs)
+            assert y.dtype == h_n.dtype == c_n.dtype == dtype
+            return y.float(), (h_n.float(), c_n.float())
+
+        return run
+
+    ours = problem.run_ours(layer=low_precision(emulated.lstm_layer))
+    cpu = problem.run_ours(layer=low_precision(lstm_ext.lstm_layer))
+    leaves = problem.leaves()
+    tol = dict(rtol=1e-2, atol=1e-2)
+    for a, b in zip((ours.y, ours.h_n, ours.c_n), (cpu.y, cpu.h_n, cpu.c_n)):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(torch.autograd.grad(ours.loss, leaves), torch.autograd.grad(cpu.loss, leaves)):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_input_of_size_zero():
+    """The op takes I = 0 (nn.LSTM does not): the input GEMMs have an empty
+    operand, whose leading dimension cuBLAS still wants >= 1."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 0, dtype=torch.float64, requires_grad=True)
+    w_ih = torch.randn(20, 0, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    hx = (torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64))
+    results = []
+    for layer in (emulated.lstm_layer, lstm_ext.lstm_layer):
+        y, (h_n, c_n) = layer(x, hx, w_ih, w_hh)
+        loss = y.sin().sum() + h_n.sum() + c_n.sum()
+        results.append([y, h_n, c_n, *torch.autograd.grad(loss, (x, w_ih, w_hh))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
