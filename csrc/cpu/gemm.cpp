@@ -21,6 +21,10 @@ constexpr int64_t kSliceDepth = 512;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// at::parallel_for's grain for `tasks` tasks doing `flops` in all: one task
+// per thread, or all on the calling thread when the work is small.
+int64_t grain(int64_t flops, int64_t tasks) { return flops < kParallelFlops ? tasks : 1; }
+
 // Tall products (whole sequences) prefer narrow tiles, short ones (a step's
 // rows) wide tiles; both keep the number of distinct kernels small (brgemm
 // JIT-compiles and caches one per shape and thread).
@@ -48,10 +52,11 @@ void float_tiles(const Tiling& tiling, int64_t begin, int64_t end, int64_t k, co
   }
 }
 
-// dst[c][r] = src[r][c] for a rows x cols block, 8 x 8 at a time in registers.
+// dst[c][r] = src[r][c] for a rows x cols block, 16 x 16 at a time in
+// registers (both AVX2 and AVX-512 have that size unmasked).
 void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
                int64_t ld_dst) {
-  constexpr int64_t B = 8;
+  constexpr int64_t B = 16;
   for (int64_t r = 0; r < rows; r += B) {
     for (int64_t c = 0; c < cols; c += B) {
       const float* s = src + r * ld_src + c;
@@ -101,8 +106,8 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                    int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
   const Tiling tiling(m, n);
-  const int64_t grain = 2 * m * n * k < kParallelFlops ? tiling.count() : 1;
-  at::parallel_for(0, tiling.count(), grain, [&](int64_t begin, int64_t end) {
+  const int64_t tiles = tiling.count();
+  at::parallel_for(0, tiles, grain(2 * m * n * k, tiles), [&](int64_t begin, int64_t end) {
     float_tiles(tiling, begin, end, k, a, lda, b, ldb, c, ldc, accumulate);
   });
 }
@@ -118,14 +123,15 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda
   dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
 }
 
-void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                      const float* b, int64_t ldb, float* c, int64_t ldc) {
-  if (handled_empty(m, n, k, c, ldc, false)) return;
+namespace {
+
+// C[m,n] = A[k,m]^T B[k,n] by slices of A transposed in cache.
+void float_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+              int64_t ldb, float* c, int64_t ldc) {
   // One task per band of kTileRows output rows: it transposes each slice of
   // its columns of A once and reuses it for every tile along n.
   const int64_t bands = ceil_div(m, kTileRows);
-  const int64_t grain = 2 * m * n * k < kParallelFlops ? bands : 1;
-  at::parallel_for(0, bands, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
     std::vector<float> slice(kTileRows * kSliceDepth);
     for (int64_t band = begin; band < end; ++band) {
       const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
@@ -138,6 +144,23 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
         }
       }
     }
+  });
+}
+
+}  // namespace
+
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc) {
+  if (handled_empty(m, n, k, c, ldc, false)) return;
+  if (m <= n) return float_tn(m, n, k, a, lda, b, ldb, c, ldc);
+  // Transposing the narrower operand costs less (the gates are 4H wide, the
+  // inputs and states often H): C^T = B^T A, then C^T^T.
+  std::vector<float> c_t(n * m);
+  float_tn(n, m, k, b, ldb, a, lda, c_t.data(), m);
+  const int64_t bands = ceil_div(m, kTileRows);
+  at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
+    const int64_t first = begin * kTileRows, last = std::min(m, end * kTileRows);
+    transpose(c_t.data() + first, m, n, last - first, c + first * ldc, ldc);
   });
 }
 

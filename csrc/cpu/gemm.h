@@ -30,8 +30,8 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda
                    const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
 
 // C[m,n] = A[k,m]^T B[k,n], parallel: weight gradients, which sum over the k
-// rows of a sequence. A is transposed slice by slice in cache, so no
-// transposed copy of it is ever made.
+// rows of a sequence. The narrower of A and B is transposed slice by slice
+// in cache, so no transposed copy of either is ever made.
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                       const float* b, int64_t ldb, float* c, int64_t ldc);
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
