@@ -88,7 +88,7 @@ def main():
     header = (f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, "
               f"{meta['date']} ({meta['grid']} grid)")
     benchmark.Compare(timings).print()
-    table = report.markdown(rows)
+    table = f"{report.markdown(rows)}\n\n{report.summary(rows)}"
     print(f"\n{header}\n\n{table}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench.md").write_text(f"{header}\n\n{table}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import statistics
 
 
 def markdown(rows: list[dict]) -> str:
@@ -19,6 +20,16 @@ def markdown(rows: list[dict]) -> str:
             f"| **{r['speedup']:.2f}x** | {loop} | {r['gflops']:.0f} | {100 * r['of_mm']:.0f}% "
             f"| {r['peak_mb']['nn.LSTM']:.0f} / {r['peak_mb']['lstm_ext']:.0f} |"
         )
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    """Per mode, the median and the lowest speedup over the rows."""
+    lines = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        speed = [r["speedup"] for r in rows if r["mode"] == mode]
+        lines.append(f"{mode}: median speedup {statistics.median(speed):.2f}x, "
+                     f"lowest {min(speed):.2f}x over {len(speed)} configs")
     return "\n".join(lines)
 
 
@@ -46,6 +57,6 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
     ax.invert_yaxis()
     ax.set_xlabel("speedup over torch.nn.LSTM (higher is better)")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
