@@ -31,6 +31,16 @@ class Case:
         return "-".join(flags)
 
 
+def in_both_directions_and_dtypes(shapes: list[Case]) -> list[Case]:
+    """Each shape forward and reverse, in float64 and float32."""
+    return [
+        dataclasses.replace(case, reverse=reverse, dtype=dtype)
+        for case in shapes
+        for reverse in (False, True)
+        for dtype in (torch.float64, torch.float32)
+    ]
+
+
 @dataclasses.dataclass
 class Run:
     """Outputs, in a layout both implementations share, and the loss to differentiate."""

@@ -3,13 +3,12 @@ CUDA graph capture, non-default streams, determinism. No GPU is present where
 this project is developed: these tests skip there and the CUDA code is checked
 by tests/test_cuda_emulated.py instead; they run wherever a GPU appears."""
 
-import dataclasses
 
 import pytest
 import torch
 
 import lstm_ext
-from reference import Case, Problem, assert_same
+from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -21,12 +20,7 @@ SHAPES = [
     Case(T=7, B=5, I=3, H=9, packed=True, proj=4),
     Case(T=3, B=70, I=16, H=301, packed=True),
 ]
-CASES = [
-    dataclasses.replace(case, reverse=reverse, dtype=dtype)
-    for case in SHAPES
-    for reverse in (False, True)
-    for dtype in (torch.float64, torch.float32)
-]
+CASES = in_both_directions_and_dtypes(SHAPES)
 
 
 def on_device(device, dtype=None):

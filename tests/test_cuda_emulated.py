@@ -3,14 +3,13 @@
 every gradient; and gradcheck through them. Emulation runs every CUDA thread
 in turn, so the shapes stay small."""
 
-import dataclasses
 
 import pytest
 import torch
 
 import emulated
 import lstm_ext
-from reference import Case, Problem, assert_same
+from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
 
 SHAPES = [
@@ -28,12 +27,7 @@ SHAPES = [
     # 256): the kernels' grid-stride loops.
     Case(T=3, B=9, I=5, H=67, packed=True, proj=5),
 ]
-CASES = [
-    dataclasses.replace(case, reverse=reverse, dtype=dtype)
-    for case in SHAPES
-    for reverse in (False, True)
-    for dtype in (torch.float64, torch.float32)
-]
+CASES = in_both_directions_and_dtypes(SHAPES)
 
 
 def case_id(case):

@@ -1,12 +1,11 @@
 """lstm_ext.lstm_layer against torch.nn.LSTM: outputs, final states, every gradient."""
 
-import dataclasses
 
 import pytest
 import torch
 
 import lstm_ext
-from reference import Case, Problem, assert_same
+from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
 
 SHAPES = [
     Case(),  # I != H
@@ -26,12 +25,7 @@ SHAPES = [
     # and H is no multiple of the vector width.
     Case(T=3, B=70, I=16, H=301, packed=True),
 ]
-CASES = [
-    dataclasses.replace(case, reverse=reverse, dtype=dtype)
-    for case in SHAPES
-    for reverse in (False, True)
-    for dtype in (torch.float64, torch.float32)
-]
+CASES = in_both_directions_and_dtypes(SHAPES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
