@@ -141,16 +141,20 @@ void check_device_and_dtype(const Tensor& x, c10::DeviceType device) {
               " is not supported; use float32, float64, bfloat16 or float16");
 }
 
-void check_backward_args(const LayerDims& d, const OptTensor& dy, const OptTensor& dh_n,
-                         const OptTensor& dc_n, const Tensor& y, const Tensor& gates,
-                         const Tensor& cells) {
+void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& dy,
+                         const OptTensor& dh_n, const OptTensor& dc_n, const Tensor& y,
+                         const Tensor& gates, const Tensor& cells) {
+  check_tensor(y, "y", 2, x);
   check_shape(y, "y", {d.rows, d.out});
   check_shape(gates, "gates", {d.rows, 4 * d.hidden});
   check_shape(cells, "cells", {d.rows, d.hidden});
   const auto saved = saved_dtype(y.scalar_type());
   for (const Tensor* t : {&gates, &cells}) {
-    TORCH_CHECK(t->scalar_type() == saved, "lstm_layer_backward: ", t == &gates ? "gates" : "cells",
-                " must have dtype ", saved, ", got ", t->scalar_type());
+    const char* name = t == &gates ? "gates" : "cells";
+    TORCH_CHECK(t->scalar_type() == saved, "lstm_layer_backward: ", name, " must have dtype ",
+                saved, ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == x.device(), "lstm_layer_backward: ", name, " is on ", t->device(),
+                " but x is on ", x.device());
   }
   check_optional_grad(dy, "dy", {d.rows, d.out}, y);
   check_optional_grad(dh_n, "dh_n", {d.batch, d.out}, y);

@@ -65,9 +65,9 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr);
 
 // Checks the incoming gradients and saved tensors against the forward dims.
-void check_backward_args(const LayerDims& d, const OptTensor& dy, const OptTensor& dh_n,
-                         const OptTensor& dc_n, const Tensor& y, const Tensor& gates,
-                         const Tensor& cells);
+void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& dy,
+                         const OptTensor& dh_n, const OptTensor& dc_n, const Tensor& y,
+                         const Tensor& gates, const Tensor& cells);
 
 // float16 and bfloat16 run in float inside (see op.h).
 inline bool is_reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }

@@ -57,7 +57,7 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
   const LayerDims d =
       check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   check_device_and_dtype(x, device);
-  check_backward_args(d, dy, dh_n, dc_n, y, gates, cells);
+  check_backward_args(d, x, dy, dh_n, dc_n, y, gates, cells);
   const auto dtype = x.scalar_type();
   if (is_reduced_precision(dtype)) {
     auto grads = backward_op<Executor>(

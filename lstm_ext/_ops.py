@@ -50,6 +50,9 @@ def _lstm_layer_backward_fake(
     dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, output_mask
 ):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y))
+    for name, t in dict(gates=gates, cells=cells).items():
+        torch._check(t.device == x.device,
+                     lambda: f"lstm_layer_backward: {name} is on {t.device} but x is on {x.device}")
     want_input, want_weights, want_bias, want_proj = output_mask
     return (
         x.new_empty(x.shape) if want_input else None,

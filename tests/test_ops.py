@@ -138,3 +138,7 @@ def test_bad_backward_arguments_raise():
         _ops.lstm_layer_backward(None, None, torch.randn(B, P, dtype=y.dtype), *saved)
     with pytest.raises(RuntimeError, match=r"gates must have shape \[8, 20\]"):
         _ops.lstm_layer_backward(None, None, None, *_replace(saved, 8, gates[:, :-1]))
+    with pytest.raises(RuntimeError, match="y has dtype Float but x has dtype Double"):
+        _ops.lstm_layer_backward(None, None, None, *_replace(saved, 7, y.float()))
+    with pytest.raises(RuntimeError, match="cells is on meta but x is on cpu"):
+        _ops.lstm_layer_backward(None, None, None, *_replace(saved, 9, cells.to("meta")))
