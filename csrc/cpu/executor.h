@@ -16,19 +16,7 @@
 #include <algorithm>
 #include <cstring>
 
-namespace lstm_ext {
-
-// Both from one exp and one division. Sleef's tanh, behind Vectorized::tanh,
-// costs several times more; this form loses relative (not absolute) accuracy
-// only near 0, where the absolute error stays at one unit of 1.0.
-template <typename T>
-struct Activations<at::vec::Vectorized<T>> {
-  using V = at::vec::Vectorized<T>;
-  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
-  static V tanh(V x) { return V(T(1)) - V(T(2)) / ((x + x).exp() + V(T(1))); }
-};
-
-namespace cpu {
+namespace lstm_ext::cpu {
 
 template <typename scalar_t_>
 struct Executor {
@@ -140,5 +128,4 @@ struct Executor {
   }
 };
 
-}  // namespace cpu
-}  // namespace lstm_ext
+}  // namespace lstm_ext::cpu
