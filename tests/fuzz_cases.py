@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
+from reference import tolerance
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LAYOUTS = ("contiguous", "transposed", "expanded", "sliced")
@@ -113,7 +114,7 @@ def _run(module, params, x, hx, gen_seed):
 
 def check_valid(c: ModuleCase) -> None:
     """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient."""
-    tol = dict(rtol=1e-10, atol=1e-10) if c.dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
+    tol = tolerance(DTYPES[c.dtype])
     ref, ours = _modules(c)
     results = []
     for module in (ref, ours):
@@ -272,7 +273,7 @@ def check_nonfinite_propagates_like_nn_lstm(c: ModuleCase) -> None:
     with torch.no_grad():
         results = [m(x, hx) for m in (ref, ours)]
     (out_r, (h_r, c_r)), (out_o, (h_o, c_o)) = results
-    tol = dict(rtol=1e-10, atol=1e-10) if c.dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
+    tol = tolerance(DTYPES[c.dtype])
     for a, b in ((out_o, out_r), (h_o, h_r), (c_o, c_r)):
         a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
         torch.testing.assert_close(a, b, equal_nan=True, **tol, msg=lambda m: f"{c}: {m}")

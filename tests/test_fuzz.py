@@ -3,7 +3,8 @@
 Valid configurations, with non-contiguous, transposed, expanded and sliced
 inputs and states and weights that are views, must match nn.LSTM; invalid
 ones must raise a Python exception. Every case runs in a worker process: a
-crash fails that case (BrokenProcessPool) instead of killing the test run.
+crash or a hang fails that case instead of killing the test run, and the
+cases after it run in a new process.
 Examples are derandomized, so CI tries the same cases each time.
 """
 
@@ -23,18 +24,42 @@ def fuzz(examples):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
+class Worker:
+    """Runs each case in a spawned process, the same one while it lives; a
+    crash or a hang fails that case, and the next case gets a new process."""
+
+    def __init__(self):
+        self._pool = None
+
+    def run(self, fn, case):
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        try:
+            return self._pool.submit(fn, case).result(timeout=120)
+        except concurrent.futures.process.BrokenProcessPool:
+            self._discard()
+            pytest.fail(f"the worker process died (a crash) on {case}")
+        except TimeoutError:
+            self._discard()
+            pytest.fail(f"the worker process hung on {case}")
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def _discard(self):
+        for process in multiprocessing.active_children():
+            process.kill()
+        self._pool.shutdown(cancel_futures=True)
+        self._pool = None
+
+
 @pytest.fixture(scope="module")
 def worker():
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        yield pool
-
-
-def _in_worker(pool, fn, case):
-    try:
-        return pool.submit(fn, case).result(timeout=120)
-    except concurrent.futures.process.BrokenProcessPool:
-        pytest.fail(f"the worker process died (a crash) on {case}")
+    w = Worker()
+    yield w
+    w.close()
 
 
 @st.composite
@@ -55,13 +80,13 @@ def module_cases(draw, mutation=st.just("")):
 @fuzz(150)
 @given(case=module_cases())
 def test_valid_configurations_match_nn_lstm(worker, case):
-    _in_worker(worker, fc.check_valid, case)
+    worker.run(fc.check_valid, case)
 
 
 @fuzz(150)
 @given(case=module_cases(mutation=st.sampled_from(fc.MODULE_MUTATIONS)))
 def test_invalid_module_input_raises(worker, case):
-    _in_worker(worker, fc.check_invalid_module_input, case)
+    worker.run(fc.check_invalid_module_input, case)
 
 
 @st.composite
@@ -79,10 +104,10 @@ def op_cases(draw):
 @fuzz(200)
 @given(case=op_cases())
 def test_invalid_op_arguments_raise(worker, case):
-    _in_worker(worker, fc.check_invalid_op_arguments, case)
+    worker.run(fc.check_invalid_op_arguments, case)
 
 
 @fuzz(50)
 @given(case=module_cases())
 def test_nan_and_inf_propagate_like_nn_lstm(worker, case):
-    _in_worker(worker, fc.check_nonfinite_propagates_like_nn_lstm, case)
+    worker.run(fc.check_nonfinite_propagates_like_nn_lstm, case)
