@@ -36,7 +36,9 @@ sanitize: $(VENV)/.deps
 	rm -f $(SAN_DIR)/lstm_ext/*.so
 	cd $(SAN_DIR) && LSTM_EXT_CUDA=0 CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" \
 		$(abspath $(PY)) setup.py --quiet build_ext --inplace
-	nm -D $(SAN_DIR)/lstm_ext/_C*.so | grep -q __asan_report  # really instrumented
+	for so in $(SAN_DIR)/lstm_ext/_C*.so $(SAN_DIR)/lstm_ext/_emu*.so; do \
+		nm -D $$so | grep -q __asan_report || { echo "$$so: not instrumented"; exit 1; }; \
+	done
 	cd $(SAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 PYTHONPATH=. \
 		$(abspath $(PY)) -m pytest -p no:cacheprovider -q --capture=sys

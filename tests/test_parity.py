@@ -21,8 +21,8 @@ SHAPES = [
     Case(T=7, B=5, I=3, H=9, packed=True, proj=4, bias=False),
     Case(T=6, B=1, packed=True),
     Case(T=1, B=4, packed=True),
-    # More elements per step than the cell pass's grain: runs on both threads,
-    # and H is no multiple of the vector width.
+    # Enough work per step to run on every thread, and H no multiple of the
+    # vector width.
     Case(T=3, B=70, I=16, H=301, packed=True),
 ]
 CASES = in_both_directions_and_dtypes(SHAPES)
