@@ -8,8 +8,11 @@
 // a GPU). It supplies, on raw pointers, with no allocation or dispatch inside
 // the loop:
 //   for_each_row_range(steps, flops_per_row, body)   calls body(first, last)
-//   step_gemm / sequence_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
-//       row-major C[m,n] (+)= A[m,k] B[k,n], for a step's rows / whole sequences
+//   step_weights(b)   a (k, n) row-major weight laid out for step_gemm, once per call
+//   step_gemm(m, n, k, a, lda, b, c, ldc, accumulate)
+//       row-major C[m,n] (+)= A[m,k] B[k,n] for a step's rows, b from step_weights
+//   sequence_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
+//       the same for whole sequences, b row-major
 //   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc)
 //       C[m,n] = A[k,m]^T B[k,n], a weight gradient summed over a whole sequence
 //   cell_forward(...), cell_backward(...)  the fused passes over csrc/cell.h
@@ -62,8 +65,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
 
-  const Tensor w_ih_t = transposed(w_ih), w_hh_t = transposed(w_hh);
-  const Tensor w_hr_t = w_hr.has_value() ? transposed(*w_hr) : Tensor();
+  const Tensor w_ih_t = transposed(w_ih), w_hh_t = ex.step_weights(transposed(w_hh));
+  const Tensor w_hr_t = w_hr.has_value() ? ex.step_weights(transposed(*w_hr)) : Tensor();
   const Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
                       : b_ih.has_value()                    ? *b_ih
                       : b_hh.has_value()                    ? *b_hh
@@ -98,14 +101,14 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       const int64_t split = std::clamp(carried, first, rows);
       scalar_t* gates_t = gates_p + off * G;
       scalar_t* y_t = y_p + off * P;
-      ex.step_gemm(split - first, G, P, y_p + (prev + first) * P, P, w_hh_t_p, G,
+      ex.step_gemm(split - first, G, P, y_p + (prev + first) * P, P, w_hh_t_p,
                    gates_t + first * G, G, true);
-      ex.step_gemm(rows - split, G, P, h0_p + split * P, P, w_hh_t_p, G, gates_t + split * G, G,
+      ex.step_gemm(rows - split, G, P, h0_p + split * P, P, w_hh_t_p, gates_t + split * G, G,
                    true);
       ex.cell_forward(first, rows, carried, H, gates_t, bias_p, cells_p + prev * H, c0_p,
                       cells_p + off * H, h_raw_p ? h_raw_p : y_t);
       if (h_raw_p) {
-        ex.step_gemm(rows - first, P, H, h_raw_p + first * H, H, w_hr_t_p, P, y_t + first * P, P,
+        ex.step_gemm(rows - first, P, H, h_raw_p + first * H, H, w_hr_t_p, y_t + first * P, P,
                      false);
       }
     }
@@ -154,8 +157,10 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const scalar_t* c0_p = ptr<scalar_t>(c0);
   const scalar_t* gates_p = ptr<scalar_t>(gates);
   const scalar_t* cells_p = ptr<scalar_t>(cells);
-  const scalar_t* w_hh_p = ptr<scalar_t>(w_hh);
-  const scalar_t* w_hr_p = proj ? ptr<scalar_t>(*w_hr) : nullptr;
+  const Tensor w_hh_step = ex.step_weights(w_hh);
+  const Tensor w_hr_step = proj ? ex.step_weights(*w_hr) : Tensor();
+  const scalar_t* w_hh_p = ptr<scalar_t>(w_hh_step);
+  const scalar_t* w_hr_p = ptr<scalar_t>(w_hr_step);
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
   ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
@@ -174,7 +179,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       if (proj) {
         scalar_t* dy_total_t = dy_total_p + off * P;
         ex.add(dy_total_t + first * P, dh_t + first * P, dh_p + first * P, (rows - first) * P);
-        ex.step_gemm(rows - first, H, P, dy_total_t + first * P, P, w_hr_p, H,
+        ex.step_gemm(rows - first, H, P, dy_total_t + first * P, P, w_hr_p,
                      dh_raw_p + first * H, H, false);
         dh_t = dh_raw_p;
         dh_extra = nullptr;
@@ -182,7 +187,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       ex.cell_backward(first, rows, carried, H, gates_p + off * G, cells_p + off * H,
                        cells_p + prev * H, c0_p, dh_t, dh_extra, dc_p, dgates_p + off * G,
                        h_raw_p ? h_raw_p + off * H : nullptr);
-      ex.step_gemm(rows - first, P, G, dgates_p + (off + first) * G, G, w_hh_p, P,
+      ex.step_gemm(rows - first, P, G, dgates_p + (off + first) * G, G, w_hh_p,
                    dh_p + first * P, P, false);
     }
   });

@@ -1,6 +1,7 @@
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
@@ -16,6 +17,7 @@ namespace lstm_ext::cpu {
 namespace {
 
 constexpr int64_t kTileRows = 64;
+constexpr int64_t kPanel = 64;
 // Long sums go in slices, so that a tile's operands stay in cache.
 constexpr int64_t kSliceDepth = 512;
 
@@ -25,9 +27,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // per thread, or all on the calling thread when the work is small.
 int64_t grain(int64_t flops, int64_t tasks) { return flops < kParallelFlops ? tasks : 1; }
 
-// Tall products (whole sequences) prefer narrow tiles, short ones (a step's
-// rows) wide tiles; both keep the number of distinct kernels small (brgemm
-// JIT-compiles and caches one per shape and thread).
+// Tall products prefer narrow tiles, short ones (few rows) wide tiles; both
+// keep the number of distinct kernels small (brgemm JIT-compiles and caches
+// one per shape and thread).
 struct Tiling {
   int64_t m, n, cols, tiles_m, tiles_n;
   Tiling(int64_t m, int64_t n) : m(m), n(n) {
@@ -42,8 +44,10 @@ void float_tiles(const Tiling& tiling, int64_t begin, int64_t end, int64_t k, co
                  int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                  bool accumulate) {
   for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t i = (tile / tiling.tiles_n) * kTileRows, j = (tile % tiling.tiles_n) * tiling.cols;
-    const int64_t rows = std::min(kTileRows, tiling.m - i), cols = std::min(tiling.cols, tiling.n - j);
+    const int64_t i = (tile / tiling.tiles_n) * kTileRows;
+    const int64_t j = (tile % tiling.tiles_n) * tiling.cols;
+    const int64_t rows = std::min(kTileRows, tiling.m - i);
+    const int64_t cols = std::min(tiling.cols, tiling.n - j);
     for (int64_t p = 0; p < k; p += kSliceDepth) {
       at::native::cpublas::brgemm(rows, cols, std::min(kSliceDepth, k - p), lda, ldb, ldc,
                                   accumulate || p > 0, a + i * lda + p, b + p * ldb + j,
@@ -95,11 +99,33 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 
 }  // namespace
 
-void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                 int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+at::Tensor step_layout(const at::Tensor& b) {
+  if (b.scalar_type() != at::kFloat) return b;
+  const int64_t k = b.size(0), n = b.size(1);
+  at::Tensor panels = at::empty_like(b);
+  const float* src = b.const_data_ptr<float>();
+  float* dst = panels.data_ptr<float>();
+  // The panel of columns [j, j + width) starts at k * j.
+  for (int64_t j = 0; j < n; j += kPanel) {
+    const int64_t width = std::min(kPanel, n - j);
+    for (int64_t p = 0; p < k; ++p) {
+      std::copy_n(src + p * n + j, width, dst + k * j + p * width);
+    }
+  }
+  return panels;
+}
+
+void step_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+               const float* b_panels, float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
-  const Tiling tiling(m, n);
-  float_tiles(tiling, 0, tiling.count(), k, a, lda, b, ldb, c, ldc, accumulate);
+  for (int64_t i = 0; i < m; i += kTileRows) {
+    const int64_t rows = std::min(kTileRows, m - i);
+    for (int64_t j = 0; j < n; j += kPanel) {
+      const int64_t width = std::min(kPanel, n - j);
+      at::native::cpublas::brgemm(rows, width, k, lda, width, ldc, accumulate, a + i * lda,
+                                  b_panels + k * j, c + i * ldc + j);
+    }
+  }
 }
 
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
@@ -113,9 +139,9 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 }
 
 // MKL threads dgemm itself, and runs it on one thread inside a parallel region.
-void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-                 int64_t ldb, double* c, int64_t ldc, bool accumulate) {
-  dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+void step_gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+               double* c, int64_t ldc, bool accumulate) {
+  dgemm(m, n, k, a, lda, b, n, c, ldc, accumulate);
 }
 
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
