@@ -8,11 +8,10 @@
 // a GPU). It supplies, on raw pointers, with no allocation or dispatch inside
 // the loop:
 //   for_each_row_range(steps, flops_per_row, body)   calls body(first, last)
-//   step_weights(b)   a (k, n) row-major weight laid out for step_gemm, once per call
-//   step_gemm(m, n, k, a, lda, b, c, ldc, accumulate)
-//       row-major C[m,n] (+)= A[m,k] B[k,n] for a step's rows, b from step_weights
-//   sequence_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
-//       the same for whole sequences, b row-major
+//   weights(b)   a (k, n) row-major weight laid out for the products below
+//   step_gemm / sequence_gemm(m, n, k, a, lda, b, c, ldc, accumulate)
+//       row-major C[m,n] (+)= A[m,k] B[k,n], b from weights(), for a step's
+//       rows / whole sequences
 //   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc)
 //       C[m,n] = A[k,m]^T B[k,n], a weight gradient summed over a whole sequence
 //   cell_forward(...), cell_backward(...)  the fused passes over csrc/cell.h
@@ -65,8 +64,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
 
-  const Tensor w_ih_t = transposed(w_ih), w_hh_t = ex.step_weights(transposed(w_hh));
-  const Tensor w_hr_t = w_hr.has_value() ? ex.step_weights(transposed(*w_hr)) : Tensor();
+  const Tensor w_ih_t = ex.weights(transposed(w_ih)), w_hh_t = ex.weights(transposed(w_hh));
+  const Tensor w_hr_t = w_hr.has_value() ? ex.weights(transposed(*w_hr)) : Tensor();
   const Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
                       : b_ih.has_value()                    ? *b_ih
                       : b_hh.has_value()                    ? *b_hh
@@ -89,8 +88,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const scalar_t* w_hh_t_p = ptr<scalar_t>(w_hh_t);
   const scalar_t* w_hr_t_p = ptr<scalar_t>(w_hr_t);
 
-  ex.sequence_gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), G,
-                   gates_p, G, false);
+  ex.sequence_gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), gates_p,
+                   G, false);
   const int64_t flops_per_row = 2 * G * P + (h_raw_p ? 2 * H * P : 0);
   ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
     for (int64_t s = 0; s < steps.count(); ++s) {
@@ -157,8 +156,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const scalar_t* c0_p = ptr<scalar_t>(c0);
   const scalar_t* gates_p = ptr<scalar_t>(gates);
   const scalar_t* cells_p = ptr<scalar_t>(cells);
-  const Tensor w_hh_step = ex.step_weights(w_hh);
-  const Tensor w_hr_step = proj ? ex.step_weights(*w_hr) : Tensor();
+  const Tensor w_hh_step = ex.weights(w_hh);
+  const Tensor w_hr_step = proj ? ex.weights(*w_hr) : Tensor();
   const scalar_t* w_hh_p = ptr<scalar_t>(w_hh_step);
   const scalar_t* w_hr_p = ptr<scalar_t>(w_hr_step);
 
@@ -195,8 +194,9 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   Tensor dx, dw_ih, dw_hh, db, dw_hr;
   if (mask.input) {
     dx = at::empty({d.rows, d.input}, opts);
-    ex.sequence_gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih), d.input,
-                     ptr<scalar_t>(dx), d.input, false);
+    const Tensor w_ih_b = ex.weights(w_ih);
+    ex.sequence_gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih_b), ptr<scalar_t>(dx),
+                     d.input, false);
   }
   if (mask.weights) {
     dw_ih = at::empty({G, d.input}, opts);

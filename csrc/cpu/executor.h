@@ -37,17 +37,16 @@ struct Executor {
     });
   }
 
-  Tensor step_weights(const Tensor& b) const { return step_layout(b); }
+  Tensor weights(const Tensor& b) const { return weight_layout(b); }
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                  const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
-    cpu::step_gemm(m, n, k, a, lda, b, c, ldc, accumulate);
+    gemm_serial(m, n, k, a, lda, b, c, ldc, accumulate);
   }
 
   void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                     const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
-                     bool accumulate) const {
-    gemm_parallel(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+                     const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
+    gemm_parallel(m, n, k, a, lda, b, c, ldc, accumulate);
   }
 
   void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,

@@ -27,34 +27,24 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // per thread, or all on the calling thread when the work is small.
 int64_t grain(int64_t flops, int64_t tasks) { return flops < kParallelFlops ? tasks : 1; }
 
-// Tall products prefer narrow tiles, short ones (few rows) wide tiles; both
-// keep the number of distinct kernels small (brgemm JIT-compiles and caches
-// one per shape and thread).
-struct Tiling {
-  int64_t m, n, cols, tiles_m, tiles_n;
-  Tiling(int64_t m, int64_t n) : m(m), n(n) {
-    cols = std::min<int64_t>(n, m > 4 * kTileRows ? 64 : 256);
-    tiles_m = ceil_div(m, kTileRows);
-    tiles_n = ceil_div(n, cols);
-  }
-  int64_t count() const { return tiles_m * tiles_n; }
-};
-
-void float_tiles(const Tiling& tiling, int64_t begin, int64_t end, int64_t k, const float* a,
-                 int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-                 bool accumulate) {
+// Tiles [begin, end) of C, each kTileRows rows by one panel of B (see
+// weight_layout), the panel index fastest so that a task's tiles share rows
+// of A. Long sums go in slices of kSliceDepth.
+void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, const float* a,
+                 int64_t lda, const float* b_panels, float* c, int64_t ldc, bool accumulate) {
+  const int64_t tiles_n = ceil_div(n, kPanel);
   for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t i = (tile / tiling.tiles_n) * kTileRows;
-    const int64_t j = (tile % tiling.tiles_n) * tiling.cols;
-    const int64_t rows = std::min(kTileRows, tiling.m - i);
-    const int64_t cols = std::min(tiling.cols, tiling.n - j);
+    const int64_t i = (tile / tiles_n) * kTileRows, j = (tile % tiles_n) * kPanel;
+    const int64_t rows = std::min(kTileRows, m - i), width = std::min(kPanel, n - j);
     for (int64_t p = 0; p < k; p += kSliceDepth) {
-      at::native::cpublas::brgemm(rows, cols, std::min(kSliceDepth, k - p), lda, ldb, ldc,
-                                  accumulate || p > 0, a + i * lda + p, b + p * ldb + j,
-                                  c + i * ldc + j);
+      at::native::cpublas::brgemm(rows, width, std::min(kSliceDepth, k - p), lda, width, ldc,
+                                  accumulate || p > 0, a + i * lda + p,
+                                  b_panels + k * j + p * width, c + i * ldc + j);
     }
   }
 }
+
+int64_t tile_count(int64_t m, int64_t n) { return ceil_div(m, kTileRows) * ceil_div(n, kPanel); }
 
 // dst[c][r] = src[r][c] for a rows x cols block, 16 x 16 at a time in
 // registers (both AVX2 and AVX-512 have that size unmasked).
@@ -99,7 +89,7 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 
 }  // namespace
 
-at::Tensor step_layout(const at::Tensor& b) {
+at::Tensor weight_layout(const at::Tensor& b) {
   if (b.scalar_type() != at::kFloat) return b;
   const int64_t k = b.size(0), n = b.size(1);
   at::Tensor panels = at::empty_like(b);
@@ -115,38 +105,30 @@ at::Tensor step_layout(const at::Tensor& b) {
   return panels;
 }
 
-void step_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-               const float* b_panels, float* c, int64_t ldc, bool accumulate) {
+void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                 const float* b_panels, float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
-  for (int64_t i = 0; i < m; i += kTileRows) {
-    const int64_t rows = std::min(kTileRows, m - i);
-    for (int64_t j = 0; j < n; j += kPanel) {
-      const int64_t width = std::min(kPanel, n - j);
-      at::native::cpublas::brgemm(rows, width, k, lda, width, ldc, accumulate, a + i * lda,
-                                  b_panels + k * j, c + i * ldc + j);
-    }
-  }
+  panel_tiles(0, tile_count(m, n), m, n, k, a, lda, b_panels, c, ldc, accumulate);
 }
 
-void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const float* b_panels, float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
-  const Tiling tiling(m, n);
-  const int64_t tiles = tiling.count();
+  const int64_t tiles = tile_count(m, n);
   at::parallel_for(0, tiles, grain(2 * m * n * k, tiles), [&](int64_t begin, int64_t end) {
-    float_tiles(tiling, begin, end, k, a, lda, b, ldb, c, ldc, accumulate);
+    panel_tiles(begin, end, m, n, k, a, lda, b_panels, c, ldc, accumulate);
   });
 }
 
 // MKL threads dgemm itself, and runs it on one thread inside a parallel region.
-void step_gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-               double* c, int64_t ldc, bool accumulate) {
+void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                 double* c, int64_t ldc, bool accumulate) {
   dgemm(m, n, k, a, lda, b, n, c, ldc, accumulate);
 }
 
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-                   const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate) {
-  dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+                   const double* b, double* c, int64_t ldc, bool accumulate) {
+  dgemm(m, n, k, a, lda, b, n, c, ldc, accumulate);
 }
 
 namespace {

@@ -1,6 +1,6 @@
 #pragma once
 // Row-major C[m,n] (+)= A[m,k] B[k,n] on raw pointers: no allocation, no
-// dispatcher (step_layout aside: it runs once per call, before the loop).
+// dispatcher (weight_layout aside: it runs once per call, before the loop).
 //
 // float goes to oneDNN's brgemm micro-kernel through ATen's public
 // at::native::cpublas::brgemm (JIT, AVX2 up to AVX-512; ATen falls back to
@@ -19,23 +19,24 @@ namespace lstm_ext::cpu {
 // costs more than it saves.
 constexpr int64_t kParallelFlops = 1 << 20;
 
-// The step products: on the calling thread (the time loop calls them from
-// inside its own threads), by weights that are the same at every step. So
-// they are laid out once per call: float in column panels, each kPanel wide
-// (the last one narrower) and contiguous over k, which brgemm streams without
-// a stride (15-25% faster than row-major here); double stays row-major for
-// MKL. `b` is (k, n), row-major and contiguous.
-at::Tensor step_layout(const at::Tensor& b);
-void step_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-               const float* b_panels, float* c, int64_t ldc, bool accumulate);
-void step_gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-               double* c, int64_t ldc, bool accumulate);
+// The products by a weight, which is the same at every step: it is laid out
+// once per call. float goes in column panels, each 64 wide (the last one
+// narrower) and contiguous over k, which brgemm streams without a stride
+// (10-25% faster than row-major here); double stays row-major for MKL. `b` is
+// (k, n), row-major and contiguous.
+at::Tensor weight_layout(const at::Tensor& b);
+
+// On the calling thread: the time loop calls it from inside its own threads.
+void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                 const float* b_laid_out, float* c, int64_t ldc, bool accumulate);
+void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                 const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
 
 // Tiles spread over ATen's intra-op threads: the whole-sequence products.
-void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                   int64_t ldb, float* c, int64_t ldc, bool accumulate);
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const float* b_laid_out, float* c, int64_t ldc, bool accumulate);
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-                   const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
+                   const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
 
 // C[m,n] = A[k,m]^T B[k,n], parallel: weight gradients, which sum over the k
 // rows of a sequence. The narrower of A and B is transposed slice by slice

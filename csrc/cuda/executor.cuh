@@ -33,7 +33,7 @@ struct Executor {
   }
 
   // cuBLAS takes the weights as they are.
-  Tensor step_weights(const Tensor& b) const { return b; }
+  Tensor weights(const Tensor& b) const { return b; }
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                  const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
@@ -41,9 +41,8 @@ struct Executor {
   }
 
   void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                     const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
-                     bool accumulate) const {
-    gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+                     const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
+    gemm(m, n, k, a, lda, b, n, c, ldc, accumulate);
   }
 
   // Row-major C = A^T B is column-major C^T = B^T A, A read transposed.
