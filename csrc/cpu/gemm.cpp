@@ -1,5 +1,7 @@
 #include "gemm.h"
 
+#include "../blas.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/cpu/vec/vec.h>
@@ -7,11 +9,6 @@
 
 #include <algorithm>
 #include <vector>
-
-extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
-                       const int* k, const double* alpha, const double* a, const int* lda,
-                       const double* b, const int* ldb, const double* beta, double* c,
-                       const int* ldc);
 
 namespace lstm_ext::cpu {
 namespace {
