@@ -8,7 +8,7 @@
 // a GPU). It supplies, on raw pointers, with no allocation or dispatch inside
 // the loop:
 //   for_each_row_range(steps, flops_per_row, body)   calls body(first, last)
-//   weights(b)   a (k, n) row-major weight laid out for the products below
+//   weights(b)   a (k, n) weight (any strides) laid out for the products below
 //   step_gemm / sequence_gemm(m, n, k, a, lda, b, c, ldc, accumulate)
 //       row-major C[m,n] (+)= A[m,k] B[k,n], b from weights(), for a step's
 //       rows / whole sequences
@@ -16,8 +16,8 @@
 //       C[m,n] = A[k,m]^T B[k,n], a weight gradient summed over a whole sequence
 //   cell_forward(...), cell_backward(...)  the fused passes over csrc/cell.h
 //   copy(dst, src, n), add(dst, a, b, n)
-// Weights are laid out here, once per call, so that the loop only multiplies
-// untransposed row-major matrices.
+// Weights are laid out once per call (weights()), so that the loop only
+// multiplies them in the form its executor's products want.
 //
 // Within a step, row r is sequence r. Its previous state is row r of the
 // previously processed step if r < carried(t), else row r of h0/c0.
@@ -32,9 +32,6 @@
 #include <algorithm>
 
 namespace lstm_ext {
-
-// A contiguous copy of t^T (t is 2-D).
-inline Tensor transposed(const Tensor& t) { return t.t().contiguous(); }
 
 template <typename scalar_t>
 scalar_t* ptr(const Tensor& t) {
@@ -64,8 +61,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
 
-  const Tensor w_ih_t = ex.weights(transposed(w_ih)), w_hh_t = ex.weights(transposed(w_hh));
-  const Tensor w_hr_t = w_hr.has_value() ? ex.weights(transposed(*w_hr)) : Tensor();
+  const Tensor w_ih_t = ex.weights(w_ih.t()), w_hh_t = ex.weights(w_hh.t());
+  const Tensor w_hr_t = w_hr.has_value() ? ex.weights(w_hr->t()) : Tensor();
   const Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
                       : b_ih.has_value()                    ? *b_ih
                       : b_hh.has_value()                    ? *b_hh

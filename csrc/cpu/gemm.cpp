@@ -3,7 +3,7 @@
 #include "../blas.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
@@ -87,17 +87,23 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 }  // namespace
 
 at::Tensor weight_layout(const at::Tensor& b) {
-  if (b.scalar_type() != at::kFloat) return b;
+  if (b.scalar_type() != at::kFloat) return b.contiguous();
+  // nn.LSTM's weights come transposed (b = w.t()): their panels are
+  // transposed blocks of w, with no transposed copy of w made first.
+  const bool of_transpose = b.stride(0) == 1 && b.stride(1) != 1;
+  const at::Tensor src = of_transpose ? b.t().contiguous() : b.contiguous();
   const int64_t k = b.size(0), n = b.size(1);
-  at::Tensor panels = at::empty_like(b);
-  const float* src = b.const_data_ptr<float>();
+  at::Tensor panels = at::empty({k, n}, b.options());
+  const float* from = src.const_data_ptr<float>();
   float* dst = panels.data_ptr<float>();
   // The panel of columns [j, j + width) starts at k * j.
   for (int64_t j = 0; j < n; j += kPanel) {
     const int64_t width = std::min(kPanel, n - j);
-    for (int64_t p = 0; p < k; ++p) {
-      std::copy_n(src + p * n + j, width, dst + k * j + p * width);
+    if (of_transpose) {
+      transpose(from + j * k, k, width, k, dst + k * j, width);
+      continue;
     }
+    for (int64_t p = 0; p < k; ++p) std::copy_n(from + p * n + j, width, dst + k * j + p * width);
   }
   return panels;
 }

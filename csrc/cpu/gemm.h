@@ -22,8 +22,8 @@ constexpr int64_t kParallelFlops = 1 << 20;
 // The products by a weight, which is the same at every step: it is laid out
 // once per call. float goes in column panels, each 64 wide (the last one
 // narrower) and contiguous over k, which brgemm streams without a stride
-// (10-25% faster than row-major here); double stays row-major for MKL. `b` is
-// (k, n), row-major and contiguous.
+// (10-25% faster than row-major here); double is made row-major for MKL. `b`
+// is (k, n), any strides.
 at::Tensor weight_layout(const at::Tensor& b);
 
 // On the calling thread: the time loop calls it from inside its own threads.

@@ -32,8 +32,8 @@ struct Executor {
     body(0, steps.size(0));
   }
 
-  // cuBLAS takes the weights as they are.
-  Tensor weights(const Tensor& b) const { return b; }
+  // cuBLAS takes the weights row-major.
+  Tensor weights(const Tensor& b) const { return b.contiguous(); }
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                  const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
