@@ -65,6 +65,22 @@ LSTM_HOST_DEVICE void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T d
   dc_prev = dc * f;
 }
 
+// Forward-mode derivative of cell_forward. In: the activated gates, c_t,
+// c_{t-1}, and the tangents (directional derivatives, t_ prefix) of the four
+// gate pre-activations and of c_{t-1}. Out: the tangents of c_t and h_t, and
+// h_t recomputed (the projection's weight tangent multiplies it).
+template <typename T>
+LSTM_HOST_DEVICE void cell_tangent(T i, T f, T g, T o, T c, T c_prev, T t_i, T t_f, T t_g,
+                                   T t_o, T t_c_prev, T& t_c, T& t_h, T& h) {
+  using A = Activations<T>;
+  const T one(1);
+  const T tanh_c = A::tanh(c);
+  h = o * tanh_c;
+  t_c = t_f * f * (one - f) * c_prev + f * t_c_prev + t_i * i * (one - i) * g +
+        i * t_g * (one - g * g);
+  t_h = t_o * o * (one - o) * tanh_c + o * (one - tanh_c * tanh_c) * t_c;
+}
+
 #if !defined(__CUDACC__)
 // Both from one exp and one division. Sleef's tanh, behind Vectorized::tanh,
 // costs several times more; this form loses relative (not absolute) accuracy

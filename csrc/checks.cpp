@@ -23,8 +23,8 @@ void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected) {
               ", got ", t.sizes());
 }
 
-void check_optional_grad(const OptTensor& g, const char* name, at::IntArrayRef expected,
-                         const Tensor& like) {
+void check_optional(const OptTensor& g, const char* name, at::IntArrayRef expected,
+                    const Tensor& like) {
   if (!g.has_value()) return;
   check_tensor(*g, name, static_cast<int64_t>(expected.size()), like);
   check_shape(*g, name, expected);
@@ -100,9 +100,8 @@ void check_device_and_dtype(const Tensor& x, c10::DeviceType device) {
               " is not supported; use float32, float64, bfloat16 or float16");
 }
 
-void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& dy,
-                         const OptTensor& dh_n, const OptTensor& dc_n, const Tensor& y,
-                         const Tensor& gates, const Tensor& cells) {
+void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Tensor& gates,
+                 const Tensor& cells) {
   check_tensor(y, "y", 2, x);
   check_shape(y, "y", {d.rows, d.out});
   check_shape(gates, "gates", {d.rows, 4 * d.hidden});
@@ -110,14 +109,38 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& d
   const auto saved = saved_dtype(y.scalar_type());
   for (const Tensor* t : {&gates, &cells}) {
     const char* name = t == &gates ? "gates" : "cells";
-    TORCH_CHECK(t->scalar_type() == saved, "lstm_layer_backward: ", name, " must have dtype ",
-                saved, ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == x.device(), "lstm_layer_backward: ", name, " is on ", t->device(),
+    TORCH_CHECK(t->scalar_type() == saved, "lstm_layer: ", name, " must have dtype ", saved,
+                ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == x.device(), "lstm_layer: ", name, " is on ", t->device(),
                 " but x is on ", x.device());
   }
-  check_optional_grad(dy, "dy", {d.rows, d.out}, y);
-  check_optional_grad(dh_n, "dh_n", {d.batch, d.out}, y);
-  check_optional_grad(dc_n, "dc_n", {d.batch, d.hidden}, y);
+}
+
+void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batch_sizes,
+                         const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
+                         int64_t groups) {
+  check_optional(dy, "dy", {d.rows, d.out}, x);
+  check_optional(dh_n, "dh_n", {d.batch, d.out}, x);
+  check_optional(dc_n, "dc_n", {d.batch, d.hidden}, x);
+  TORCH_CHECK(groups >= 1, "lstm_layer_backward: groups must be positive, got ", groups);
+  const Tensor sizes = batch_sizes.contiguous();
+  const auto* bs = sizes.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < sizes.numel(); ++t) {
+    TORCH_CHECK(bs[t] % groups == 0, "lstm_layer_backward: batch_sizes[", t, "] = ", bs[t],
+                " is not a multiple of groups = ", groups);
+  }
+}
+
+void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj) {
+  check_optional(t.x, "dx", {d.rows, d.input}, x);
+  check_optional(t.h0, "dh0", {d.batch, d.out}, x);
+  check_optional(t.c0, "dc0", {d.batch, d.hidden}, x);
+  check_optional(t.w_ih, "dw_ih", {4 * d.hidden, d.input}, x);
+  check_optional(t.w_hh, "dw_hh", {4 * d.hidden, d.out}, x);
+  check_optional(t.bias, "db", {4 * d.hidden}, x);
+  TORCH_CHECK(has_proj || !t.w_hr.has_value(),
+              "lstm_layer_jvp: dw_hr is given but w_hr is not");
+  check_optional(t.w_hr, "dw_hr", {d.out, d.hidden}, x);
 }
 
 GradMask grad_mask(std::array<bool, 4> output_mask, bool has_proj) {

@@ -14,7 +14,8 @@
 //       rows / whole sequences
 //   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc)
 //       C[m,n] = A[k,m]^T B[k,n], a weight gradient summed over a whole sequence
-//   cell_forward(...), cell_backward(...)  the fused passes over csrc/cell.h
+//   cell_forward(...), cell_backward(...), cell_tangent(...)
+//       the fused passes over csrc/cell.h
 //   copy(dst, src, n), add(dst, a, b, n)
 // Weights are laid out once per call (weights()), so that the loop only
 // multiplies them in the form its executor's products want.
@@ -26,6 +27,7 @@
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
@@ -50,6 +52,70 @@ Tensor final_state(Ex& ex, const Steps& steps, const Tensor& rows, int64_t batch
     ex.copy(ptr<scalar_t>(out) + first * width,
             ptr<scalar_t>(rows) + (steps.offset(t) + first) * width, (last - first) * width);
   }
+  return out;
+}
+
+// What a range of sequences [first, last) does at step t: its rows of the
+// step are [first, rows) and start at row `off` of every per-row buffer; rows
+// [first, split) continue from the step processed before (whose rows start
+// at `prev`), rows [split, rows) start from the initial state.
+struct StepRows {
+  int64_t t, first, rows, off, carried, prev, split;
+};
+
+// Calls body(StepRows) for each step in processing order (or its reverse,
+// for a backward pass) in which the range [first, last) has rows.
+template <typename Body>
+void for_each_step(const Steps& steps, int64_t first, int64_t last, bool backwards,
+                   const Body& body) {
+  for (int64_t i = 0; i < steps.count(); ++i) {
+    const int64_t t = steps.time(backwards ? steps.count() - 1 - i : i);
+    const int64_t rows = std::min(last, steps.size(t));
+    if (first >= rows) continue;
+    const int64_t carried = steps.carried(t);
+    body(StepRows{t, first, rows, steps.offset(t), carried,
+                  carried > 0 ? steps.offset(steps.previous(t)) : 0,
+                  std::clamp(carried, first, rows)});
+  }
+}
+
+// The forward recurrence, shared by the layer and its tangent. Per step,
+// gates (row stride 4H) += h_{t-1} W_hh^T, h_{t-1} being the previously
+// processed step's rows of `out` or rows of `out0` (row stride P); then
+// cell(StepRows) runs the cell pass and writes the step's rows of `out`.
+template <typename Ex, typename scalar_t, typename Cell>
+void recurrence(Ex& ex, const Steps& steps, int64_t flops_per_row, int64_t G, int64_t P,
+                scalar_t* gates, const scalar_t* out, const scalar_t* out0,
+                const scalar_t* w_hh_t, const Cell& cell) {
+  ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
+    for_each_step(steps, first, last, false, [&](const StepRows& r) {
+      scalar_t* gates_t = gates + r.off * G;
+      ex.step_gemm(r.split - r.first, G, P, out + (r.prev + r.first) * P, P, w_hh_t,
+                   gates_t + r.first * G, G, true);
+      ex.step_gemm(r.rows - r.split, G, P, out0 + r.split * P, P, w_hh_t, gates_t + r.split * G,
+                   G, true);
+      cell(r);
+    });
+  });
+}
+
+// Row r of the result is the h_{t-1} that row r of the gates saw: a row of
+// the previously processed step's output, or of h0. With it, a weight's
+// gradient or tangent through h_{t-1} is one whole-sequence product.
+template <typename Ex, typename scalar_t>
+Tensor previous_h(Ex& ex, const Steps& steps, const Tensor& y, const Tensor& h0) {
+  const int64_t P = y.size(1);
+  Tensor out = at::empty_like(y);
+  scalar_t* out_p = ptr<scalar_t>(out);
+  const scalar_t* y_p = ptr<scalar_t>(y);
+  const scalar_t* h0_p = ptr<scalar_t>(h0);
+  ex.for_each_row_range(steps, P, [&](int64_t first, int64_t last) {
+    for_each_step(steps, first, last, false, [&](const StepRows& r) {
+      ex.copy(out_p + (r.off + r.first) * P, y_p + (r.prev + r.first) * P,
+              (r.split - r.first) * P);
+      ex.copy(out_p + (r.off + r.split) * P, h0_p + r.split * P, (r.rows - r.split) * P);
+    });
+  });
   return out;
 }
 
@@ -88,37 +154,28 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   ex.sequence_gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), gates_p,
                    G, false);
   const int64_t flops_per_row = 2 * G * P + (h_raw_p ? 2 * H * P : 0);
-  ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
-    for (int64_t s = 0; s < steps.count(); ++s) {
-      const int64_t t = steps.time(s), rows = std::min(last, steps.size(t));
-      if (first >= rows) continue;
-      const int64_t off = steps.offset(t), carried = steps.carried(t);
-      const int64_t prev = carried > 0 ? steps.offset(steps.previous(t)) : 0;
-      const int64_t split = std::clamp(carried, first, rows);
-      scalar_t* gates_t = gates_p + off * G;
-      scalar_t* y_t = y_p + off * P;
-      ex.step_gemm(split - first, G, P, y_p + (prev + first) * P, P, w_hh_t_p,
-                   gates_t + first * G, G, true);
-      ex.step_gemm(rows - split, G, P, h0_p + split * P, P, w_hh_t_p, gates_t + split * G, G,
-                   true);
-      ex.cell_forward(first, rows, carried, H, gates_t, bias_p, cells_p + prev * H, c0_p,
-                      cells_p + off * H, h_raw_p ? h_raw_p : y_t);
-      if (h_raw_p) {
-        ex.step_gemm(rows - first, P, H, h_raw_p + first * H, H, w_hr_t_p, y_t + first * P, P,
-                     false);
-      }
+  recurrence(ex, steps, flops_per_row, G, P, gates_p, y_p, h0_p, w_hh_t_p, [&](const StepRows& r) {
+    scalar_t* y_t = y_p + r.off * P;
+    ex.cell_forward(r.first, r.rows, r.carried, H, gates_p + r.off * G, bias_p,
+                    cells_p + r.prev * H, c0_p, cells_p + r.off * H, h_raw_p ? h_raw_p : y_t);
+    if (h_raw_p) {
+      ex.step_gemm(r.rows - r.first, P, H, h_raw_p + r.first * H, H, w_hr_t_p,
+                   y_t + r.first * P, P, false);
     }
   });
   return {y, final_state<Ex, scalar_t>(ex, steps, y, d.batch),
           final_state<Ex, scalar_t>(ex, steps, cells, d.batch), gates, cells};
 }
 
+// `groups` as in the backward op's schema: the weight and bias gradients of
+// problem g sum the rows g, g + groups, g + 2 groups, ... (rows of a step are
+// its sequences, so row r belongs to sequence r % groups's problem).
 template <typename Ex>
 LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const GradMask& mask,
                           const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
                           const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                           const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
-                          const Tensor& gates, const Tensor& cells) {
+                          const Tensor& gates, const Tensor& cells, int64_t groups) {
   using scalar_t = typename Ex::scalar_t;
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
@@ -132,8 +189,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   Tensor dc = dc_n.has_value() ? dc_n->clone(at::MemoryFormat::Contiguous)
                                : at::zeros({d.batch, H}, opts);
   Tensor dgates = at::empty({d.rows, G}, opts);
-  // Row r holds the h_{t-1} that row r of the gates saw: dw_hh in one product.
-  Tensor h_prev = mask.weights ? at::empty({d.rows, P}, opts) : Tensor();
+  const Tensor h_prev = mask.weights ? previous_h<Ex, scalar_t>(ex, steps, y, h0) : Tensor();
   // With a projection: the total dL/dy per row, h_t before it per row, and
   // dL/dh_t before it per sequence.
   Tensor dy_total = proj ? at::empty({d.rows, P}, opts) : Tensor();
@@ -144,12 +200,10 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   scalar_t* dh_p = ptr<scalar_t>(dh);
   scalar_t* dc_p = ptr<scalar_t>(dc);
   scalar_t* dgates_p = ptr<scalar_t>(dgates);
-  scalar_t* h_prev_p = ptr<scalar_t>(h_prev);
+  const scalar_t* h_prev_p = ptr<scalar_t>(h_prev);
   scalar_t* dy_total_p = ptr<scalar_t>(dy_total);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
   scalar_t* dh_raw_p = ptr<scalar_t>(dh_raw);
-  const scalar_t* y_p = ptr<scalar_t>(y);
-  const scalar_t* h0_p = ptr<scalar_t>(h0);
   const scalar_t* c0_p = ptr<scalar_t>(c0);
   const scalar_t* gates_p = ptr<scalar_t>(gates);
   const scalar_t* cells_p = ptr<scalar_t>(cells);
@@ -160,32 +214,23 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
   ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
-    for (int64_t s = steps.count() - 1; s >= 0; --s) {
-      const int64_t t = steps.time(s), rows = std::min(last, steps.size(t));
-      if (first >= rows) continue;
-      const int64_t off = steps.offset(t), carried = steps.carried(t);
-      const int64_t prev = carried > 0 ? steps.offset(steps.previous(t)) : 0;
-      const int64_t split = std::clamp(carried, first, rows);
-      if (h_prev_p) {
-        ex.copy(h_prev_p + (off + first) * P, y_p + (prev + first) * P, (split - first) * P);
-        ex.copy(h_prev_p + (off + split) * P, h0_p + split * P, (rows - split) * P);
-      }
-      const scalar_t* dh_t = dy_p + off * P;
+    for_each_step(steps, first, last, true, [&](const StepRows& r) {
+      const int64_t n = r.rows - r.first;
+      const scalar_t* dh_t = dy_p + r.off * P;
       const scalar_t* dh_extra = dh_p;
       if (proj) {
-        scalar_t* dy_total_t = dy_total_p + off * P;
-        ex.add(dy_total_t + first * P, dh_t + first * P, dh_p + first * P, (rows - first) * P);
-        ex.step_gemm(rows - first, H, P, dy_total_t + first * P, P, w_hr_p,
-                     dh_raw_p + first * H, H, false);
+        scalar_t* dy_total_t = dy_total_p + (r.off + r.first) * P;
+        ex.add(dy_total_t, dh_t + r.first * P, dh_p + r.first * P, n * P);
+        ex.step_gemm(n, H, P, dy_total_t, P, w_hr_p, dh_raw_p + r.first * H, H, false);
         dh_t = dh_raw_p;
         dh_extra = nullptr;
       }
-      ex.cell_backward(first, rows, carried, H, gates_p + off * G, cells_p + off * H,
-                       cells_p + prev * H, c0_p, dh_t, dh_extra, dc_p, dgates_p + off * G,
-                       h_raw_p ? h_raw_p + off * H : nullptr);
-      ex.step_gemm(rows - first, P, G, dgates_p + (off + first) * G, G, w_hh_p,
-                   dh_p + first * P, P, false);
-    }
+      ex.cell_backward(r.first, r.rows, r.carried, H, gates_p + r.off * G, cells_p + r.off * H,
+                       cells_p + r.prev * H, c0_p, dh_t, dh_extra, dc_p, dgates_p + r.off * G,
+                       h_raw_p ? h_raw_p + r.off * H : nullptr);
+      ex.step_gemm(n, P, G, dgates_p + (r.off + r.first) * G, G, w_hh_p, dh_p + r.first * P, P,
+                   false);
+    });
   });
 
   Tensor dx, dw_ih, dw_hh, db, dw_hr;
@@ -195,19 +240,102 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
     ex.sequence_gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih_b), ptr<scalar_t>(dx),
                      d.input, false);
   }
+  // C[g] = A[g]^T B[g] over the rows of each problem g: A and B are (rows, m)
+  // and (rows, n), and a problem's rows are every groups-th one.
+  const int64_t group_rows = d.rows / groups;
+  const auto weight_grad = [&](int64_t m, int64_t n, const scalar_t* a, const scalar_t* b) {
+    Tensor c = groups > 1 ? at::empty({groups, m, n}, opts) : at::empty({m, n}, opts);
+    for (int64_t g = 0; g < groups; ++g) {
+      ex.weight_gemm(m, n, group_rows, a + g * m, m * groups, b + g * n, n * groups,
+                     ptr<scalar_t>(c) + g * m * n, n);
+    }
+    return c;
+  };
   if (mask.weights) {
-    dw_ih = at::empty({G, d.input}, opts);
-    dw_hh = at::empty({G, P}, opts);
-    ex.weight_gemm(G, d.input, d.rows, dgates_p, G, ptr<scalar_t>(x), d.input,
-                   ptr<scalar_t>(dw_ih), d.input);
-    ex.weight_gemm(G, P, d.rows, dgates_p, G, h_prev_p, P, ptr<scalar_t>(dw_hh), P);
+    dw_ih = weight_grad(G, d.input, dgates_p, ptr<scalar_t>(x));
+    dw_hh = weight_grad(G, P, dgates_p, h_prev_p);
   }
-  if (mask.bias) db = dgates.sum(0);
-  if (mask.proj) {
-    dw_hr = at::empty({P, H}, opts);
-    ex.weight_gemm(P, H, d.rows, dy_total_p, P, h_raw_p, H, ptr<scalar_t>(dw_hr), H);
-  }
+  if (mask.bias) db = groups > 1 ? dgates.view({group_rows, groups, G}).sum(0) : dgates.sum(0);
+  if (mask.proj) dw_hr = weight_grad(P, H, dy_total_p, h_raw_p);
   return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
+}
+
+// The forward-mode derivative: the same recurrence as layer_forward, run on
+// tangents (t_ prefix) with the forward's saved gates and cells.
+template <typename Ex>
+LayerTangents layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
+                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                        const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
+                        const Tensor& gates, const Tensor& cells, const Tangents& tan) {
+  using scalar_t = typename Ex::scalar_t;
+  const int64_t H = d.hidden, P = d.out, G = 4 * H;
+  const auto opts = x.options();
+
+  // Starts as what the gate pre-activations' tangent owes to all but the
+  // tangent of h_{t-1}: dx W_ih^T + x dW_ih^T + h_{t-1} dW_hh^T, in
+  // whole-sequence products. Each step adds dh_{t-1} W_hh^T, and its cell
+  // pass adds db.
+  Tensor t_gates = at::empty({d.rows, G}, opts);
+  bool started = false;
+  const auto add_product = [&](const Tensor& a, const Tensor& w) {
+    const Tensor w_t = ex.weights(w.t());
+    ex.sequence_gemm(d.rows, G, a.size(1), ptr<scalar_t>(a), a.size(1), ptr<scalar_t>(w_t),
+                     ptr<scalar_t>(t_gates), G, started);
+    started = true;
+  };
+  if (tan.x.has_value()) add_product(*tan.x, w_ih);
+  if (tan.w_ih.has_value()) add_product(x, *tan.w_ih);
+  if (tan.w_hh.has_value()) add_product(previous_h<Ex, scalar_t>(ex, steps, y, h0), *tan.w_hh);
+  if (!started) t_gates.zero_();
+
+  Tensor t_y = at::empty({d.rows, P}, opts);
+  Tensor t_cells = at::empty({d.rows, H}, opts);
+  const Tensor t_h0 = tan.h0.has_value() ? *tan.h0 : at::zeros({d.batch, P}, opts);
+  const Tensor t_c0 = tan.c0.has_value() ? *tan.c0 : at::zeros({d.batch, H}, opts);
+  const bool proj = w_hr.has_value();
+  // With a projection, per sequence: the tangent of h_t before it, and h_t
+  // itself when the projection's weight has a tangent.
+  Tensor t_h_raw = proj ? at::empty({d.batch, H}, opts) : Tensor();
+  Tensor h_raw = tan.w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor();
+  const Tensor w_hh_t = ex.weights(w_hh.t());
+  const Tensor w_hr_t = proj ? ex.weights(w_hr->t()) : Tensor();
+  const Tensor t_w_hr_t = tan.w_hr.has_value() ? ex.weights(tan.w_hr->t()) : Tensor();
+
+  scalar_t* t_gates_p = ptr<scalar_t>(t_gates);
+  scalar_t* t_y_p = ptr<scalar_t>(t_y);
+  scalar_t* t_cells_p = ptr<scalar_t>(t_cells);
+  scalar_t* t_h_raw_p = ptr<scalar_t>(t_h_raw);
+  scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
+  const scalar_t* t_h0_p = ptr<scalar_t>(t_h0);
+  const scalar_t* t_c0_p = ptr<scalar_t>(t_c0);
+  const scalar_t* t_bias_p = tan.bias.has_value() ? ptr<scalar_t>(*tan.bias) : nullptr;
+  const scalar_t* gates_p = ptr<scalar_t>(gates);
+  const scalar_t* cells_p = ptr<scalar_t>(cells);
+  const scalar_t* c0_p = ptr<scalar_t>(c0);
+  const scalar_t* w_hh_t_p = ptr<scalar_t>(w_hh_t);
+  const scalar_t* w_hr_t_p = ptr<scalar_t>(w_hr_t);
+  const scalar_t* t_w_hr_t_p = ptr<scalar_t>(t_w_hr_t);
+
+  const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
+  recurrence(ex, steps, flops_per_row, G, P, t_gates_p, t_y_p, t_h0_p, w_hh_t_p,
+             [&](const StepRows& r) {
+               const int64_t n = r.rows - r.first;
+               scalar_t* t_y_t = t_y_p + r.off * P;
+               ex.cell_tangent(r.first, r.rows, r.carried, H, gates_p + r.off * G,
+                               cells_p + r.off * H, cells_p + r.prev * H, c0_p, t_bias_p,
+                               t_gates_p + r.off * G, t_cells_p + r.prev * H, t_c0_p,
+                               t_cells_p + r.off * H, proj ? t_h_raw_p : t_y_t, h_raw_p);
+               if (proj) {
+                 ex.step_gemm(n, P, H, t_h_raw_p + r.first * H, H, w_hr_t_p,
+                              t_y_t + r.first * P, P, false);
+               }
+               if (h_raw_p) {
+                 ex.step_gemm(n, P, H, h_raw_p + r.first * H, H, t_w_hr_t_p,
+                              t_y_t + r.first * P, P, true);
+               }
+             });
+  return {t_y, final_state<Ex, scalar_t>(ex, steps, t_y, d.batch),
+          final_state<Ex, scalar_t>(ex, steps, t_cells, d.batch)};
 }
 
 }  // namespace lstm_ext

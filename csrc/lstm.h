@@ -20,9 +20,18 @@ using LayerOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 // b_ih and b_hh), dw_hr. Gradients not asked for by output_mask are undefined.
 using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
+// The tangents of y, h_n and c_n.
+using LayerTangents = std::tuple<Tensor, Tensor, Tensor>;
+
 // Which of dx, (dw_ih, dw_hh), db, dw_hr to compute; dh0 and dc0 come free.
 struct GradMask {
   bool input, weights, bias, proj;
+};
+
+// Tangents of the layer's inputs, each the shape of its input; an absent one
+// is zero. bias is the tangent of b_ih + b_hh.
+struct Tangents {
+  OptTensor x, h0, c0, w_ih, w_hh, bias, w_hr;
 };
 
 // Sizes of one layer: rows = sum(batch_sizes), P = proj_size or H.
@@ -64,10 +73,19 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
                            const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr);
 
-// Checks the incoming gradients and saved tensors against the forward dims.
-void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& dy,
-                         const OptTensor& dh_n, const OptTensor& dc_n, const Tensor& y,
-                         const Tensor& gates, const Tensor& cells);
+// Checks the forward's results (y, and the gates and cells it saved) against
+// the forward dims.
+void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Tensor& gates,
+                 const Tensor& cells);
+
+// Checks the incoming gradients against the forward dims, and that `groups`
+// divides every step's rows.
+void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batch_sizes,
+                         const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
+                         int64_t groups);
+
+// Checks each tangent against the input it belongs to.
+void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj);
 
 // float16 and bfloat16 run in float inside (see op.h).
 inline bool is_reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }

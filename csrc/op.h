@@ -1,8 +1,9 @@
 #pragma once
-// The op as every device runs it: argument checks, contiguous operands,
+// The ops as every device runs them: argument checks, contiguous operands,
 // float16 and bfloat16 computed in float (fp32 math, fp32 cell state, saved
 // gates and cells kept in float), then dtype dispatch into layer.h with the
-// device's executor. A device's lstm.cpp/.cu only names its executor.
+// device's executor. A device's lstm.cpp/.cu only registers Kernels with its
+// executor.
 
 #include "layer.h"
 
@@ -53,17 +54,19 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
                        const OptTensor& dc_n, const Tensor& x, const Tensor& batch_sizes,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
-                       const Tensor& cells, bool reverse, std::array<bool, 4> output_mask) {
+                       const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
+                       int64_t groups) {
   const LayerDims d =
       check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   check_device_and_dtype(x, device);
-  check_backward_args(d, x, dy, dh_n, dc_n, y, gates, cells);
+  check_saved(d, x, y, gates, cells);
+  check_backward_args(d, x, batch_sizes, dy, dh_n, dc_n, groups);
   const auto dtype = x.scalar_type();
   if (is_reduced_precision(dtype)) {
     auto grads = backward_op<Executor>(
         device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
         h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
-        to_float(w_hr), y.to(at::kFloat), gates, cells, reverse, output_mask);
+        to_float(w_hr), y.to(at::kFloat), gates, cells, reverse, output_mask, groups);
     return std::apply(
         [&](const auto&... g) { return LayerGrads{to_dtype(g, dtype)...}; }, grads);
   }
@@ -75,9 +78,84 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
     grads = layer_backward(ex, d, steps, mask, dy, dh_n, dc_n, x.contiguous(), h0.contiguous(),
                            c0.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
                            contiguous(w_hr), y.contiguous(), gates.contiguous(),
-                           cells.contiguous());
+                           cells.contiguous(), groups);
   });
   return grads;
 }
+
+template <typename Fn>
+Tangents map_tangents(const Tangents& t, const Fn& fn) {
+  return {fn(t.x), fn(t.h0), fn(t.c0), fn(t.w_ih), fn(t.w_hh), fn(t.bias), fn(t.w_hr)};
+}
+
+template <template <typename> class Executor>
+LayerTangents jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
+                     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                     const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
+                     const Tensor& cells, bool reverse, const Tangents& tangents) {
+  const LayerDims d =
+      check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+  check_device_and_dtype(x, device);
+  check_saved(d, x, y, gates, cells);
+  check_tangents(d, x, tangents, w_hr.has_value());
+  const auto dtype = x.scalar_type();
+  if (is_reduced_precision(dtype)) {
+    auto [t_y, t_h_n, t_c_n] = jvp_op<Executor>(
+        device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
+        w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(w_hr), y.to(at::kFloat), gates, cells,
+        reverse, map_tangents(tangents, to_float));
+    return {t_y.to(dtype), t_h_n.to(dtype), t_c_n.to(dtype)};
+  }
+  const Steps steps(batch_sizes.contiguous(), reverse);
+  LayerTangents out;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_layer_jvp", [&] {
+    Executor<scalar_t> ex;
+    out = layer_jvp(ex, d, steps, x.contiguous(), h0.contiguous(), c0.contiguous(),
+                    w_ih.contiguous(), w_hh.contiguous(), contiguous(w_hr), y.contiguous(),
+                    gates.contiguous(), cells.contiguous(), map_tangents(tangents, contiguous));
+  });
+  return out;
+}
+
+// No guard: the CPU and the emulated GPU need no current device.
+struct NoGuard {
+  explicit NoGuard(const Tensor&) {}
+};
+
+// The kernels a device registers for the ops, with the schemas' signatures:
+// its executor, its device type, and a guard made from x before any work.
+template <template <typename> class Executor, c10::DeviceType device, typename Guard = NoGuard>
+struct Kernels {
+  static LayerOut forward(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                          const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                          const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                          bool reverse) {
+    const Guard guard(x);
+    return forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                reverse);
+  }
+
+  static LayerGrads backward(const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
+                             const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                             const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                             const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
+                             const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
+                             int64_t groups) {
+    const Guard guard(x);
+    return backward_op<Executor>(device, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                                 w_hr, y, gates, cells, reverse, output_mask, groups);
+  }
+
+  static LayerTangents jvp(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                           const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
+                           const Tensor& cells, bool reverse, const OptTensor& dx,
+                           const OptTensor& dh0, const OptTensor& dc0, const OptTensor& dw_ih,
+                           const OptTensor& dw_hh, const OptTensor& db, const OptTensor& dw_hr) {
+    const Guard guard(x);
+    return jvp_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
+                            reverse, Tangents{dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr});
+  }
+};
 
 }  // namespace lstm_ext

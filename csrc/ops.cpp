@@ -17,4 +17,5 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(lstm_ext, m) {
   m.def(lstm_ext::kLayerSchema);
   m.def(lstm_ext::kLayerBackwardSchema);
+  m.def(lstm_ext::kLayerJvpSchema);
 }

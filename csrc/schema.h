@@ -12,11 +12,23 @@ inline constexpr const char* kLayerSchema =
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // output_mask selects dx, (dw_ih, dw_hh), db, dw_hr; unselected ones come
-// back undefined (None), as in ATen's native backward ops.
+// back undefined (None), as in ATen's native backward ops. With groups > 1
+// the batch is that many independent problems, interleaved (sequence s
+// belongs to problem s % groups): the weight and bias gradients come per
+// problem, with a leading dimension of size groups. This is how vmap runs
+// per-sample gradients in one pass.
 inline constexpr const char* kLayerBackwardSchema =
     "lstm_layer_backward(Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, "
     "Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-    "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask) "
+    "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask, int groups=1) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+
+// Forward-mode derivative: the tangents of y, h_n and c_n given those of the
+// inputs (None for zero; db is that of b_ih + b_hh) and the forward's results.
+inline constexpr const char* kLayerJvpSchema =
+    "lstm_layer_jvp(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
+    "Tensor w_hh, Tensor? w_hr, Tensor y, Tensor gates, Tensor cells, bool reverse, "
+    "Tensor? dx, Tensor? dh0, Tensor? dc0, Tensor? dw_ih, Tensor? dw_hh, Tensor? db, "
+    "Tensor? dw_hr) -> (Tensor, Tensor, Tensor)";
 
 }  // namespace lstm_ext

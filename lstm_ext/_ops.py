@@ -1,14 +1,13 @@
-"""Loads the compiled ops and registers their fake (meta) and autograd rules."""
-
-import functools
+"""Loads the compiled ops and registers their fake (meta), autograd and vmap rules."""
 
 import torch
 
 from . import _C  # noqa: F401  (importing it registers torch.ops.lstm_ext)
-from . import _second_order
+from . import _autograd, _vmap
 
 lstm_layer = torch.ops.lstm_ext.lstm_layer.default
 lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
+lstm_layer_jvp = torch.ops.lstm_ext.lstm_layer_jvp.default
 
 
 def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,75 +45,67 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
     )
 
 
-def _lstm_layer_backward_fake(
-    dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, output_mask
-):
+def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
+                              gates, cells, reverse, output_mask, groups=1):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y))
-    for name, t in dict(gates=gates, cells=cells).items():
-        torch._check(t.device == x.device,
-                     lambda: f"lstm_layer_backward: {name} is on {t.device} but x is on {x.device}")
+    _check_saved_fake(x, gates, cells)
     want_input, want_weights, want_bias, want_proj = output_mask
+
+    def per_problem(t, *shape):
+        return t.new_empty(*((groups,) if groups > 1 else ()), *shape)
+
     return (
         x.new_empty(x.shape) if want_input else None,
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
-        w_ih.new_empty(w_ih.shape) if want_weights else None,
-        w_hh.new_empty(w_hh.shape) if want_weights else None,
-        w_hh.new_empty(w_hh.shape[0]) if want_bias else None,
-        w_hr.new_empty(w_hr.shape) if want_proj and w_hr is not None else None,
+        per_problem(w_ih, *w_ih.shape) if want_weights else None,
+        per_problem(w_hh, *w_hh.shape) if want_weights else None,
+        per_problem(w_hh, w_hh.shape[0]) if want_bias else None,
+        per_problem(w_hr, *w_hr.shape) if want_proj and w_hr is not None else None,
     )
 
 
-def _setup_context(ctx, inputs, output):
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
-    y, _, _, gates, cells = output
-    ctx.mark_non_differentiable(gates, cells)
-    # Unused outputs arrive as None rather than as zero tensors of their size.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells)
-    ctx.reverse = reverse
+def _lstm_layer_jvp_fake(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse,
+                         dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr):
+    _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, dx=dx,
+                                     dh0=dh0, dc0=dc0, dw_ih=dw_ih, dw_hh=dw_hh, db=db,
+                                     dw_hr=dw_hr))
+    _check_saved_fake(x, gates, cells)
+    return y.new_empty(y.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
 
-def _backward(layer_backward, ctx, dy, dh_n, dc_n, _dgates, _dcells):
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if torch.is_grad_enabled():  # create_graph=True: these gradients get differentiated
-        inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
-        return _second_order.layer_gradients(inputs, (dy, dh_n, dc_n), need)
-    # Inputs: x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse.
-    mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
-        dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, ctx.reverse, mask
-    )
-    return (
-        dx,
-        None,
-        dh0 if need[2] else None,
-        dc0 if need[3] else None,
-        dw_ih if need[4] else None,
-        dw_hh if need[5] else None,
-        db if need[6] else None,
-        db if need[7] else None,
-        dw_hr,
-        None,
-    )
+def _check_saved_fake(x, gates, cells):
+    for name, t in dict(gates=gates, cells=cells).items():
+        torch._check(t.device == x.device,
+                     lambda: f"lstm_layer: {name} is on {t.device} but x is on {x.device}")
 
 
-def register(namespace: str) -> None:
-    """Registers the fake and autograd rules of the ops in `namespace`: lstm_ext's,
-    and those of lstm_ext_emu (the emulated CUDA build the tests load), which
-    has the same schemas."""
-    layer_backward = getattr(torch.ops, namespace).lstm_layer_backward.default
+_libraries = {}
+
+
+def register(namespace: str):
+    """Registers the fake, autograd and vmap rules of the ops in `namespace`:
+    lstm_ext's, and those of lstm_ext_emu (the emulated CUDA build the tests
+    load), which has the same schemas. Returns the layer's entry point (the
+    op's signature), which works under every torch.func transform."""
+    ops = getattr(torch.ops, namespace)
     torch.library.register_fake(f"{namespace}::lstm_layer", _lstm_layer_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_backward", _lstm_layer_backward_fake)
-    torch.library.register_autograd(
-        f"{namespace}::lstm_layer",
-        functools.partial(_backward, layer_backward),
-        setup_context=_setup_context,
-    )
+    torch.library.register_fake(f"{namespace}::lstm_layer_jvp", _lstm_layer_jvp_fake)
+    # Registrations last as long as their Library object.
+    lib = _libraries[namespace] = torch.library.Library(namespace, "IMPL")
+    entry = _autograd.register(lib, namespace)
+    torch.library.register_vmap(f"{namespace}::lstm_layer",
+                                _vmap.layer_rule(ops.lstm_layer.default), lib=lib)
+    torch.library.register_vmap(f"{namespace}::lstm_layer_backward",
+                                _vmap.backward_rule(ops.lstm_layer_backward.default), lib=lib)
+    torch.library.register_vmap(f"{namespace}::lstm_layer_jvp",
+                                _vmap.jvp_rule(ops.lstm_layer_jvp.default), lib=lib)
+    return entry
 
 
-register("lstm_ext")
+# lstm_layer's arguments and results, under any torch.func transform too.
+layer = register("lstm_ext")
 
 
 @torch.library.custom_op("lstm_ext::packed_zeros", mutates_args=())

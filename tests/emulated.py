@@ -7,8 +7,7 @@ import torch
 import lstm_ext._emu  # noqa: F401  (importing it registers torch.ops.lstm_ext_emu)
 from lstm_ext import _ops
 
-_ops.register("lstm_ext_emu")
-op = torch.ops.lstm_ext_emu.lstm_layer.default
+op = _ops.register("lstm_ext_emu")
 
 
 def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, batch_sizes=None,

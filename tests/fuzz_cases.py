@@ -128,6 +128,43 @@ def check_valid(c: ModuleCase) -> None:
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
 
 
+def check_forward_mode(c: ModuleCase) -> None:
+    """Tangents of lstm_ext.LSTM's outputs and final states (torch.func.jvp,
+    with tangents on every parameter, the states when given, and the input
+    unless packed: packing has no forward-mode rule) equal nn.LSTM's. Those
+    come from its reverse mode (the double-vjp trick), as nn.LSTM has no
+    forward-mode rule for packed input. Tangents are the leaves'; the layouts
+    are views of them, rebuilt inside the function."""
+    tol = tolerance(DTYPES[c.dtype])
+    ref, ours = _modules(c)
+    results = []
+    for module in (ours, ref):
+        gen = torch.Generator().manual_seed(c.seed)
+        leaves, x, hx = _inputs(c, gen)
+        weight_leaves, params = _weights(c, module, gen)
+        packed = isinstance(x, PackedSequence)
+        views = [*params.values(), *(hx or ()), *([] if packed else [x])]
+        leaves = [*weight_leaves, *leaves[1:], *([] if packed else leaves[:1])]
+
+        def fn(*values, module=module, x=x, views=views, names=list(params)):
+            values = [v.as_strided(view.shape, view.stride(), view.storage_offset())
+                      for v, view in zip(values, views)]
+            rest = values[len(names):]
+            state = tuple(rest[:2]) if len(rest) >= 2 else None
+            out, (h_n, c_n) = torch.func.functional_call(
+                module, dict(zip(names, values)), (x if packed else rest[-1], state))
+            return (out.data if packed else out), h_n, c_n
+
+        primals = tuple(leaf.detach() for leaf in leaves)
+        tangents = tuple(torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in primals)
+        if module is ours:
+            results.append(torch.func.jvp(fn, primals, tangents)[1])
+        else:
+            results.append(torch.autograd.functional.jvp(fn, primals, tangents)[1])
+    for i, (a, b) in enumerate(zip(*results)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: tangent {i}: {m}")
+
+
 MODULE_MUTATIONS = (
     "input_1d", "input_4d", "input_size", "input_int", "input_dtype", "hx_rank", "hx_batch",
     "hx_size", "cx_shape", "hx_dtype", "hx_layers", "empty_sequence",

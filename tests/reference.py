@@ -87,12 +87,15 @@ class Problem:
     def direction(self) -> int:
         return 1 if self.case.reverse else 0
 
-    def weights(self) -> list[torch.Tensor]:
+    def weight_names(self) -> list[str]:
         """This direction's parameters in lstm_layer's order: w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
         suffix = "_l0_reverse" if self.case.reverse else "_l0"
         names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * self.case.bias
         names += ["weight_hr"] * bool(self.case.proj)
-        return [getattr(self.lstm, name + suffix) for name in names]
+        return [name + suffix for name in names]
+
+    def weights(self) -> list[torch.Tensor]:
+        return [getattr(self.lstm, name) for name in self.weight_names()]
 
     def leaves(self) -> list[torch.Tensor]:
         return [self.x, self.h0, self.c0, *self.weights()]
@@ -101,35 +104,62 @@ class Problem:
         loss = (y * self.dy).sum() + (h_n * self.dh).sum() + (c_n * self.dc).sum()
         return Run(y, h_n, c_n, loss)
 
-    def _input(self):
-        if self.case.packed:
-            return pack_padded_sequence(self.x, self.lengths, enforce_sorted=False)
-        return self.x
+    def _packing(self):
+        """PackedSequence's fields for the case's lengths, its data as indices
+        into the flattened (T * B) padded input: packing by indexing, which
+        every autograd mode differentiates (pack_padded_sequence has no
+        forward-mode derivative)."""
+        c = self.case
+        rows = torch.arange(c.T * c.B, dtype=torch.float64).view(c.T, c.B, 1)
+        packed = pack_padded_sequence(rows, self.lengths, enforce_sorted=False)
+        return packed._replace(data=packed.data.view(-1).long())
+
+    def torch_fn(self):
+        """(x, h0, c0, *weights) -> (y, h_n, c_n) of this direction, by nn.LSTM:
+        x is padded (T, B, I), h0 and c0 (D, B, *), weights as in weights()."""
+        d, c = self.direction, self.case
+        P = c.proj or c.H
+        names = self.weight_names()
+        packing = self._packing() if c.packed else None
+
+        def fn(x, h0, c0, *weights):
+            input = x if packing is None else packing._replace(data=x.flatten(0, 1)[packing.data])
+            out, (h_n, c_n) = torch.func.functional_call(
+                self.lstm, dict(zip(names, weights)), (input, (h0, c0)))
+            y = out if packing is None else out.data
+            return y[..., d * P : (d + 1) * P], h_n[d], c_n[d]
+
+        return fn
+
+    def ours_fn(self, layer=lstm_ext.lstm_layer):
+        """The same function by `layer`, which has lstm_ext.lstm_layer's
+        signature (the emulated CUDA op plugs in here)."""
+        d, c = self.direction, self.case
+        packing = self._packing() if c.packed else None
+
+        def fn(x, h0, c0, w_ih, w_hh, *rest):
+            b_ih, b_hh = rest[:2] if c.bias else (None, None)
+            w_hr = rest[-1] if c.proj else None
+            h0, c0 = h0[d], c0[d]
+            if packing is None:
+                y, (h_n, c_n) = layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr,
+                                      reverse=c.reverse)
+                return y, h_n, c_n
+            order, unorder = packing.sorted_indices, packing.unsorted_indices
+            y, (h_n, c_n) = layer(
+                x.flatten(0, 1)[packing.data], (h0[order], c0[order]), w_ih, w_hh, b_ih, b_hh,
+                w_hr, batch_sizes=packing.batch_sizes, reverse=c.reverse,
+            )
+            return y, h_n[unorder], c_n[unorder]
+
+        return fn
 
     def run_torch(self) -> Run:
-        d, P = self.direction, self.case.proj or self.case.H
-        out, (h_n, c_n) = self.lstm(self._input(), (self.h0, self.c0))
-        y = out.data if self.case.packed else out
-        return self._loss(y[..., d * P : (d + 1) * P], h_n[d], c_n[d])
+        return self._loss(*self.torch_fn()(*self.leaves()))
 
     def run_ours(self, layer=lstm_ext.lstm_layer) -> Run:
         """`layer` has lstm_ext.lstm_layer's signature (the emulated CUDA op plugs in here)."""
-        d, c = self.direction, self.case
-        w = self.weights()
-        w_ih, w_hh = w[:2]
-        b_ih, b_hh = w[2:4] if c.bias else (None, None)
-        w_hr = w[-1] if c.proj else None
-        h0, c0 = self.h0[d], self.c0[d]
-        if not c.packed:
-            y, (h_n, c_n) = layer(self.x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr, reverse=c.reverse)
-            return self._loss(y, h_n, c_n)
-        packed = self._input()
-        order, unorder = packed.sorted_indices, packed.unsorted_indices
-        y, (h_n, c_n) = layer(
-            packed.data, (h0[order], c0[order]), w_ih, w_hh, b_ih, b_hh, w_hr,
-            batch_sizes=packed.batch_sizes, reverse=c.reverse,
-        )
-        return self._loss(y, h_n[unorder], c_n[unorder])
+        return self._loss(*self.ours_fn(layer)(*self.leaves()))
 
 
 def tolerance(dtype: torch.dtype) -> dict:

@@ -1,5 +1,6 @@
-"""The CUDA op on a GPU: parity with the CPU op in every dtype, gradcheck,
-CUDA graph capture, non-default streams, determinism. No GPU is present where
+"""The CUDA op on a GPU: parity with the CPU op in every dtype, gradcheck
+(every flag), tangents and per-sample gradients, CUDA graph capture,
+non-default streams, determinism. No GPU is present where
 this project is developed: these tests skip there and the CUDA code is checked
 by tests/test_cuda_emulated.py instead; they run wherever a GPU appears."""
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 import lstm_ext
+from autograd_modes import fused_only, no_vmap_loops
 from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
+from test_autograd_modes import primals_and_tangents
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -71,6 +74,40 @@ def test_reduced_precision_matches_cpu_op(dtype, reverse):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_gradcheck(cfg):
     gradcheck_layer(cfg, on_device("cuda"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
+def test_tangents_match_cpu_op(case):
+    """The tangent op (forward-mode AD) on the GPU."""
+    problem = Problem(case)
+    primals, tangents = primals_and_tangents(problem)
+    with fused_only():
+        _, gpu = torch.func.jvp(problem.ours_fn(on_device("cuda")), primals, tangents)
+        _, cpu = torch.func.jvp(problem.ours_fn(), primals, tangents)
+    tol = dict(rtol=1e-10, atol=1e-10) if case.dtype == torch.float64 else dict(rtol=1e-4,
+                                                                                   atol=1e-4)
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_per_sample_gradients_match_cpu():
+    """vmap(grad): the grouped weight gradients of the backward op on the GPU."""
+    problem = Problem(Case(T=5, B=6, proj=3))
+    primals, _ = primals_and_tangents(problem)
+
+    def loss(weights, x, h0, c0, layer):
+        y, h_n, c_n = problem.ours_fn(layer)(x.unsqueeze(1), h0.unsqueeze(1), c0.unsqueeze(1),
+                                             *weights)
+        return y.sin().sum() + h_n.square().sum() + c_n.sum()
+
+    x, h0, c0 = primals[0].transpose(0, 1), primals[1].transpose(0, 1), primals[2].transpose(0, 1)
+    results = []
+    for layer in (on_device("cuda"), on_device("cpu")):
+        with no_vmap_loops(), fused_only():
+            results.append(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0, None))(
+                primals[3:], x, h0, c0, layer))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def cuda_problem():

@@ -83,6 +83,12 @@ def test_valid_configurations_match_nn_lstm(worker, case):
     worker.run(fc.check_valid, case)
 
 
+@fuzz(100)
+@given(case=module_cases())
+def test_forward_mode_matches_nn_lstm(worker, case):
+    worker.run(fc.check_forward_mode, case)
+
+
 @fuzz(150)
 @given(case=module_cases(mutation=st.sampled_from(fc.MODULE_MUTATIONS)))
 def test_invalid_module_input_raises(worker, case):

@@ -1,4 +1,6 @@
-"""torch.autograd.gradcheck of the fused layer, float64, small shapes."""
+"""torch.autograd.gradcheck of the fused layer, float64, small shapes, with
+every check gradcheck has: batched gradients (vmap over cotangents), forward-mode
+AD and vmap over tangents, and undefined output gradients."""
 
 import pytest
 import torch
@@ -12,6 +14,10 @@ CONFIGS = [
     dict(packed=True, reverse=True, proj=2, bias=True),
     dict(packed=False, reverse=True, proj=2, bias=False),
 ]
+
+
+FLAGS = dict(check_batched_grad=True, check_forward_ad=True, check_backward_ad=True,
+             check_undefined_grad=True, check_batched_forward_grad=True)
 
 
 def config_id(cfg):
@@ -45,7 +51,7 @@ def gradcheck_layer(cfg, lstm_layer):
         )
         return y, h_n, c_n
 
-    assert torch.autograd.gradcheck(layer, inputs)
+    assert torch.autograd.gradcheck(layer, inputs, **FLAGS)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)

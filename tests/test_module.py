@@ -1,10 +1,10 @@
-"""lstm_ext.LSTM against torch.nn.LSTM: the parity grid and gradcheck."""
+"""lstm_ext.LSTM against torch.nn.LSTM: the parity grid. (gradcheck of the
+module: test_module_autograd_modes.py.)"""
 
 import itertools
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from module_reference import INPUTS, ModuleCase, ModuleProblem, assert_same_results, twins
 from reference import tolerance
@@ -36,24 +36,6 @@ def test_is_an_nn_lstm():
     assert [(n, p.shape) for n, p in ours.named_parameters()] == [
         (n, p.shape) for n, p in ref.named_parameters()
     ]
-
-
-def test_gradcheck_two_layer_bidirectional_projected_packed():
-    case = ModuleCase(layers=2, bidirectional=True, proj=2, T=4, B=3, I=3, H=4)
-    _, module = twins(case)
-    problem = ModuleProblem(case)
-    names = [n for n, _ in module.named_parameters()]
-    lengths = torch.tensor([2, 4, 1])
-
-    def run(x, h0, c0, *params):
-        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, (h_n, c_n) = torch.func.functional_call(
-            module, dict(zip(names, params)), (packed, (h0, c0))
-        )
-        return out.data, h_n, c_n
-
-    inputs = [problem.x, problem.h0, problem.c0, *(p.detach() for p in module.parameters())]
-    assert torch.autograd.gradcheck(run, [t.clone().requires_grad_() for t in inputs])
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

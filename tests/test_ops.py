@@ -52,6 +52,61 @@ def test_opcheck_backward():
         torch.library.opcheck(_ops.lstm_layer_backward, args)
 
 
+def test_opcheck_backward_groups():
+    """Two interleaved problems (sequences 0, 2 and 1, 3): per-problem weight
+    gradients, each what a backward of that problem alone gives."""
+    torch.manual_seed(0)
+    bs = torch.tensor([4, 4, 2])
+    rows = int(bs.sum())
+    x, h0, c0 = randn(rows, I, grad=False), randn(4, P, grad=False), randn(4, H, grad=False)
+    w_ih, w_hh = randn(4 * H, I, grad=False), randn(4 * H, P, grad=False)
+    w_hr = randn(P, H, grad=False)
+    y, _, _, gates, cells = _ops.lstm_layer(x, bs, h0, c0, w_ih, w_hh, None, None, w_hr, False)
+    dy = torch.randn_like(y)
+    args = (dy, None, None, x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, False, [True] * 4, 2)
+    torch.library.opcheck(_ops.lstm_layer_backward, args)
+    grouped = _ops.lstm_layer_backward(*args)
+    for g in range(2):
+        rows_g = torch.arange(g, rows, 2)
+        alone = _ops.lstm_layer_backward(
+            dy[rows_g], None, None, x[rows_g], bs // 2, h0[g::2], c0[g::2], w_ih, w_hh, w_hr,
+            y[rows_g], gates[rows_g], cells[rows_g], False, [True] * 4)
+        for a, b in zip(grouped[3:], alone[3:]):
+            torch.testing.assert_close(a[g], b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grouped[0][rows_g], alone[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match=r"batch_sizes\[2\] = 2 is not a multiple of groups"):
+        _ops.lstm_layer_backward(*args[:-1], 4)
+
+
+def jvp_args(proj=True, tangents=True):
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = [
+        a.detach() if isinstance(a, torch.Tensor) else a for a in op_args(proj=proj)
+    ]
+    y, _, _, gates, cells = _ops.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    primals = [x, h0, c0, w_ih, w_hh, b_ih, w_hr]
+    given = [torch.randn_like(p) if tangents and p is not None else None for p in primals]
+    return [x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, *given]
+
+
+@pytest.mark.parametrize("proj", [False, True])
+def test_opcheck_jvp(proj):
+    torch.library.opcheck(_ops.lstm_layer_jvp, jvp_args(proj))
+    torch.library.opcheck(_ops.lstm_layer_jvp, jvp_args(proj, tangents=False))
+
+
+def test_bad_jvp_arguments_raise():
+    args = jvp_args()
+    with pytest.raises(RuntimeError, match=r"dx must have shape \[8, 4\]"):
+        _ops.lstm_layer_jvp(*_replace(args, 11, torch.randn(ROWS, I + 1, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match="dw_hh has dtype Float but x has dtype Double"):
+        _ops.lstm_layer_jvp(*_replace(args, 15, args[15].float()))
+    with pytest.raises(RuntimeError, match="dw_hr is given but w_hr is not"):
+        _ops.lstm_layer_jvp(*_replace(jvp_args(proj=False), 17,
+                                      torch.randn(H, H, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match=r"gates must have shape \[8, 20\]"):
+        _ops.lstm_layer_jvp(*_replace(args, 8, args[8][:, :-1]))
+
+
 def layer_loss(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
     y, (h_n, c_n) = lstm_ext.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr,
                                         batch_sizes=batch_sizes, reverse=True)

@@ -1,4 +1,6 @@
-"""Second-order gradients: the backward of the fused layer is itself differentiable."""
+"""Second-order gradients: the backward of the fused layer is itself
+differentiable (by the composite layer, lstm_ext/_composite.py). The module's
+gradgradcheck is in test_module_autograd_modes.py."""
 
 import pytest
 import torch
@@ -37,7 +39,9 @@ def test_gradgradcheck(packed, reverse, proj, bias):
                                             batch_sizes=batch_sizes, reverse=reverse)
         return y, h_n, c_n
 
-    assert torch.autograd.gradgradcheck(layer, tensors)
+    assert torch.autograd.gradgradcheck(layer, tensors, check_batched_grad=True,
+                                        check_fwd_over_rev=True, check_rev_over_rev=True,
+                                        check_undefined_grad=True)
 
 
 def test_hessian_vector_product_matches_nn_lstm():
@@ -68,18 +72,3 @@ def test_first_order_backward_stays_fused():
     y, _ = lstm_ext.lstm_layer(tensors[0], (tensors[1], tensors[2]), *tensors[3:])
     grads = torch.autograd.grad(y.sum(), tensors)
     assert all(g.grad_fn is None for g in grads)
-
-
-def test_module_gradgradcheck():
-    torch.manual_seed(0)
-    lstm = lstm_ext.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2).double()
-    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    params = list(lstm.parameters())
-
-    def run(x, *weights):
-        out, (h_n, c_n) = torch.func.functional_call(
-            lstm, dict(zip([n for n, _ in lstm.named_parameters()], weights)), (x,)
-        )
-        return out, h_n, c_n
-
-    assert torch.autograd.gradgradcheck(run, (x, *params))

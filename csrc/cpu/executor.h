@@ -14,6 +14,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 namespace lstm_ext::cpu {
@@ -70,14 +71,7 @@ struct Executor {
                     scalar_t* c_out, scalar_t* h_out) const {
     for_each_chunk(r0, r1, H, [=](int64_t r, int64_t j, int64_t n) {
       scalar_t* g = gates + r * 4 * H + j;
-      Vec i = Vec::loadu(g, n), f = Vec::loadu(g + H, n), gg = Vec::loadu(g + 2 * H, n),
-          o = Vec::loadu(g + 3 * H, n);
-      if (bias) {
-        i = i + Vec::loadu(bias + j, n);
-        f = f + Vec::loadu(bias + H + j, n);
-        gg = gg + Vec::loadu(bias + 2 * H + j, n);
-        o = o + Vec::loadu(bias + 3 * H + j, n);
-      }
+      auto [i, f, gg, o] = load_gates(g, bias, H, j, n);
       const int64_t e = r * H + j;
       Vec c, h;
       lstm_ext::cell_forward(i, f, gg, o, Vec::loadu((r < carried ? c_prev : c0) + e, n), c, h);
@@ -99,13 +93,12 @@ struct Executor {
                      const scalar_t* dh, const scalar_t* dh_extra, scalar_t* dc_state,
                      scalar_t* dgates, scalar_t* h_out) const {
     for_each_chunk(r0, r1, H, [=](int64_t r, int64_t j, int64_t n) {
-      const scalar_t* g = gates + r * 4 * H + j;
+      const auto [i, f, g, o] = load_gates(gates + r * 4 * H + j, nullptr, H, j, n);
       const int64_t e = r * H + j;
       Vec dh_v = Vec::loadu(dh + e, n);
       if (dh_extra) dh_v = dh_v + Vec::loadu(dh_extra + e, n);
       Vec di, df, dg, do_, dc_prev, h;
-      lstm_ext::cell_backward(Vec::loadu(g, n), Vec::loadu(g + H, n), Vec::loadu(g + 2 * H, n),
-                              Vec::loadu(g + 3 * H, n), Vec::loadu(cells + e, n),
+      lstm_ext::cell_backward(i, f, g, o, Vec::loadu(cells + e, n),
                               Vec::loadu((r < carried ? c_prev : c0) + e, n), dh_v,
                               Vec::loadu(dc_state + e, n), di, df, dg, do_, dc_prev, h);
       scalar_t* dg_p = dgates + r * 4 * H + j;
@@ -118,7 +111,44 @@ struct Executor {
     });
   }
 
+  // Rows [r0, r1) of one step; c_{t-1} as in cell_forward, its tangent from
+  // t_c_prev or t_c0 alike. t_gates (row stride 4H): the tangents of the gate
+  // pre-activations less that of the bias (t_bias, may be null). Writes the
+  // tangents of c_t and h_t to t_c_out and t_h_out and, when h_out is given,
+  // h_t.
+  void cell_tangent(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
+                    const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
+                    const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
+                    const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out,
+                    scalar_t* h_out) const {
+    for_each_chunk(r0, r1, H, [=](int64_t r, int64_t j, int64_t n) {
+      const auto [i, f, g, o] = load_gates(gates + r * 4 * H + j, nullptr, H, j, n);
+      const auto [t_i, t_f, t_g, t_o] = load_gates(t_gates + r * 4 * H + j, t_bias, H, j, n);
+      const int64_t e = r * H + j;
+      const bool carried_row = r < carried;
+      Vec t_c, t_h, h;
+      lstm_ext::cell_tangent(i, f, g, o, Vec::loadu(cells + e, n),
+                             Vec::loadu((carried_row ? c_prev : c0) + e, n), t_i, t_f, t_g, t_o,
+                             Vec::loadu((carried_row ? t_c_prev : t_c0) + e, n), t_c, t_h, h);
+      t_c.store(t_c_out + e, n);
+      t_h.store(t_h_out + e, n);
+      if (h_out) h.store(h_out + e, n);
+    });
+  }
+
  private:
+  // The four gates (row stride 4H) of units [j, j + n) at g, plus the bias's
+  // when it is given.
+  static std::array<Vec, 4> load_gates(const scalar_t* g, const scalar_t* bias, int64_t H,
+                                       int64_t j, int64_t n) {
+    std::array<Vec, 4> out;
+    for (int64_t k = 0; k < 4; ++k) {
+      out[k] = Vec::loadu(g + k * H, n);
+      if (bias) out[k] = out[k] + Vec::loadu(bias + k * H + j, n);
+    }
+    return out;
+  }
+
   // Calls fn(row, column, width) over the vector-wide chunks of rows [r0, r1)
   // of a (rows, H) block; the last chunk of a row may be narrower.
   template <typename Fn>

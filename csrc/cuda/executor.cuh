@@ -60,7 +60,7 @@ struct Executor {
     launch(n, add_kernel<scalar_t>, dst, a, b, n);
   }
 
-  // The semantics of cpu::Executor::cell_forward and cell_backward.
+  // The semantics of cpu::Executor::cell_forward, cell_backward and cell_tangent.
   void cell_forward(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
                     const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
                     scalar_t* c_out, scalar_t* h_out) const {
@@ -74,6 +74,15 @@ struct Executor {
                      scalar_t* dgates, scalar_t* h_out) const {
     launch((r1 - r0) * H, cell_backward_kernel<scalar_t>, r0, r1, carried, H, gates, cells,
            c_prev, c0, dh, dh_extra, dc_state, dgates, h_out);
+  }
+
+  void cell_tangent(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
+                    const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
+                    const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
+                    const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out,
+                    scalar_t* h_out) const {
+    launch((r1 - r0) * H, cell_tangent_kernel<scalar_t>, r0, r1, carried, H, gates, cells, c_prev,
+           c0, t_bias, t_gates, t_c_prev, t_c0, t_c_out, t_h_out, h_out);
   }
 
  private:

@@ -25,6 +25,22 @@ __device__ __forceinline__ void for_each_element(int64_t n, const Fn& fn) {
   }
 }
 
+// The four gates (row stride 4H) of unit j at g, plus the bias's when given.
+template <typename T>
+__device__ __forceinline__ void load_gates(const T* g, const T* bias, int64_t H, int64_t j,
+                                           T& i, T& f, T& gg, T& o) {
+  i = g[0];
+  f = g[H];
+  gg = g[2 * H];
+  o = g[3 * H];
+  if (bias) {
+    i += bias[j];
+    f += bias[H + j];
+    gg += bias[2 * H + j];
+    o += bias[3 * H + j];
+  }
+}
+
 // One element (row r, unit j) per iteration over rows [r0, r1) of one step;
 // the arguments are those of the executor's cell_forward.
 template <typename T>
@@ -34,13 +50,8 @@ __global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t carried, int
   for_each_element((r1 - r0) * H, [&](int64_t e) {
     const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
     T* g = gates + r * 4 * H + j;
-    T i = g[0], f = g[H], gg = g[2 * H], o = g[3 * H];
-    if (bias) {
-      i += bias[j];
-      f += bias[H + j];
-      gg += bias[2 * H + j];
-      o += bias[3 * H + j];
-    }
+    T i, f, gg, o;
+    load_gates(g, bias, H, j, i, f, gg, o);
     T c, h;
     cell_forward(i, f, gg, o, (r < carried ? c_prev : c0)[s], c, h);
     g[0] = i;
@@ -66,6 +77,27 @@ __global__ void cell_backward_kernel(int64_t r0, int64_t r1, int64_t carried, in
     T h;
     cell_backward(g[0], g[H], g[2 * H], g[3 * H], cells[s], (r < carried ? c_prev : c0)[s],
                   dh_total, dc_state[s], dg[0], dg[H], dg[2 * H], dg[3 * H], dc_state[s], h);
+    if (h_out) h_out[s] = h;
+  });
+}
+
+// The executor's cell_tangent, one element per iteration.
+template <typename T>
+__global__ void cell_tangent_kernel(int64_t r0, int64_t r1, int64_t carried, int64_t H,
+                                    const T* gates, const T* cells, const T* c_prev, const T* c0,
+                                    const T* t_bias, const T* t_gates, const T* t_c_prev,
+                                    const T* t_c0, T* t_c_out, T* t_h_out, T* h_out) {
+  for_each_element((r1 - r0) * H, [&](int64_t e) {
+    const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
+    const T* g = gates + r * 4 * H + j;
+    T t_i, t_f, t_g, t_o;
+    load_gates(t_gates + r * 4 * H + j, t_bias, H, j, t_i, t_f, t_g, t_o);
+    const bool carried_row = r < carried;
+    T t_c, t_h, h;
+    cell_tangent(g[0], g[H], g[2 * H], g[3 * H], cells[s], (carried_row ? c_prev : c0)[s], t_i,
+                 t_f, t_g, t_o, (carried_row ? t_c_prev : t_c0)[s], t_c, t_h, h);
+    t_c_out[s] = t_c;
+    t_h_out[s] = t_h;
     if (h_out) h_out[s] = h;
   });
 }

@@ -1,0 +1,105 @@
+"""The layer written with PyTorch's differentiable ops, for derivatives of derivatives.
+
+The fused backward and tangent ops have no derivatives of their own. When their
+results are differentiated again (double backward, Hessians, forward-over-reverse,
+an enclosing torch.func transform), the gradients and tangents come instead from
+the layer recomputed here, one PyTorch LSTM cell per step, whose derivatives exist
+to any order and under every torch.func transform. Slow, exact, and used only then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# Positions of the differentiable arguments of lstm_ext::lstm_layer:
+# x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse.
+DIFFERENTIABLE = (0, 2, 3, 4, 5, 6, 7, 8)
+
+
+def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """What lstm_ext::lstm_layer computes (y, h_n, c_n), from differentiable ops."""
+    sizes = batch_sizes.tolist()
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + size)
+    steps = reversed(range(len(sizes))) if reverse else range(len(sizes))
+    # The recurrent input goes in beside x (PyTorch's cell wants its own h of
+    # size H, which a projected h is not), so the cell's own h is zero.
+    w_in = torch.cat([w_ih, w_hh], dim=1)
+    no_h = w_hh.new_zeros(w_hh.shape[0], c0.shape[1])
+    h, c, ys = h0, c0, [None] * len(sizes)
+    # Sequence r is row r of every step; rows a step does not reach keep their
+    # state (a finished sequence's final one, or a reverse sequence's h0/c0).
+    for t in steps:
+        rows, first = sizes[t], offsets[t]
+        inputs = torch.cat([x[first : first + rows], h[:rows]], dim=1)
+        h_t, c_t = torch._VF.lstm_cell(inputs, (torch.zeros_like(c[:rows]), c[:rows]), w_in, no_h,
+                                       b_ih, b_hh)
+        if w_hr is not None:
+            h_t = h_t @ w_hr.t()
+        ys[t] = h_t
+        h, c = torch.cat([h_t, h[rows:]]), torch.cat([c_t, c[rows:]])
+    return torch.cat(ys), h, c
+
+
+def _as_function_of(inputs: Sequence, positions: Sequence[int]):
+    """layer as a function of the arguments at `positions`, the others fixed."""
+
+    def fn(*values):
+        args = list(inputs)
+        for i, value in zip(positions, values):
+            args[i] = value
+        return layer(*args)
+
+    return fn
+
+
+def vjp(inputs: Sequence, grads: Sequence[Tensor | None], needs_input_grad: Sequence[bool]):
+    """Gradients of the op's arguments (in its argument order; None where not
+    needed) given those of y, h_n, c_n (None for zero), with a graph."""
+    wanted = [i for i in DIFFERENTIABLE if needs_input_grad[i] and inputs[i] is not None]
+    outputs, pullback = torch.func.vjp(_as_function_of(inputs, wanted),
+                                       *(inputs[i] for i in wanted))
+    cotangents = tuple(g if g is not None else torch.zeros_like(o) for g, o in zip(grads, outputs))
+    result = [None] * len(inputs)
+    for i, g in zip(wanted, pullback(cotangents)):
+        result[i] = g
+    return tuple(result)
+
+
+def jvp(inputs: Sequence, tangents: Sequence[Tensor | None]):
+    """Tangents of y, h_n, c_n given those of the op's arguments (None for zero;
+    at least one given)."""
+    given = [i for i in DIFFERENTIABLE if tangents[i] is not None]
+    _, out = torch.func.jvp(_as_function_of(inputs, given), tuple(inputs[i] for i in given),
+                            tuple(tangents[i] for i in given))
+    return out
+
+
+def tangent_vjp(inputs: Sequence, tangents: Sequence[Tensor | None],
+                cotangents: Sequence[Tensor | None], needs_input_grad: Sequence[bool]):
+    """Gradients, with a graph, of the tangents jvp(inputs, tangents) computes,
+    given those of its results (None for zero): for each of the op's 9
+    arguments before `reverse`, then for each of their tangents (None where not
+    needed)."""
+    wanted = [i for i in DIFFERENTIABLE if needs_input_grad[i] and inputs[i] is not None]
+    wanted_t = [i for i in DIFFERENTIABLE if needs_input_grad[9 + i] and tangents[i] is not None]
+
+    def fn(*values):
+        args, tans = list(inputs), list(tangents)
+        for i, v in zip(wanted, values):
+            args[i] = v
+        for i, v in zip(wanted_t, values[len(wanted):]):
+            tans[i] = v
+        return jvp(args, tans)
+
+    outputs, pullback = torch.func.vjp(fn, *(inputs[i] for i in wanted),
+                                       *(tangents[i] for i in wanted_t))
+    cots = tuple(c if c is not None else torch.zeros_like(o) for c, o in zip(cotangents, outputs))
+    result = [None] * 18
+    for i, g in zip([*wanted, *(9 + i for i in wanted_t)], pullback(cots)):
+        result[i] = g
+    return tuple(result)
