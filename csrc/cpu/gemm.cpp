@@ -1,10 +1,10 @@
 #include "gemm.h"
 
 #include "../blas.h"
+#include "kernels.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
@@ -43,24 +43,6 @@ void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, co
 
 int64_t tile_count(int64_t m, int64_t n) { return ceil_div(m, kTileRows) * ceil_div(n, kPanel); }
 
-// dst[c][r] = src[r][c] for a rows x cols block, 16 x 16 at a time in
-// registers (both AVX2 and AVX-512 have that size unmasked).
-void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-               int64_t ld_dst) {
-  constexpr int64_t B = 16;
-  for (int64_t r = 0; r < rows; r += B) {
-    for (int64_t c = 0; c < cols; c += B) {
-      const float* s = src + r * ld_src + c;
-      float* d = dst + c * ld_dst + r;
-      if (r + B <= rows && c + B <= cols) {
-        at::vec::transpose_mxn<float, B, B>(s, ld_src, d, ld_dst);
-      } else {
-        at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, std::min(B, rows - r),
-                                      std::min(B, cols - c));
-      }
-    }
-  }
-}
 
 // An empty sum: the kernels are not all defined for k = 0.
 template <typename T>
@@ -100,7 +82,7 @@ at::Tensor weight_layout(const at::Tensor& b) {
   for (int64_t j = 0; j < n; j += kPanel) {
     const int64_t width = std::min(kPanel, n - j);
     if (of_transpose) {
-      transpose(from + j * k, k, width, k, dst + k * j, width);
+      kernels().transpose(from + j * k, k, width, k, dst + k * j, width);
       continue;
     }
     for (int64_t p = 0; p < k; ++p) std::copy_n(from + p * n + j, width, dst + k * j + p * width);
@@ -148,7 +130,7 @@ void float_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, cons
       const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
       for (int64_t p = 0; p < k; p += kSliceDepth) {
         const int64_t depth = std::min(kSliceDepth, k - p);
-        transpose(a + p * lda + i, lda, depth, rows, slice.data(), kSliceDepth);
+        kernels().transpose(a + p * lda + i, lda, depth, rows, slice.data(), kSliceDepth);
         for (int64_t j = 0; j < n; j += 256) {
           at::native::cpublas::brgemm(rows, std::min<int64_t>(256, n - j), depth, kSliceDepth, ldb,
                                       ldc, p > 0, slice.data(), b + p * ldb + j, c + i * ldc + j);
@@ -171,7 +153,7 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   const int64_t bands = ceil_div(m, kTileRows);
   at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
     const int64_t first = begin * kTileRows, last = std::min(m, end * kTileRows);
-    transpose(c_t.data() + first, m, n, last - first, c + first * ldc, ldc);
+    kernels().transpose(c_t.data() + first, m, n, last - first, c + first * ldc, ldc);
   });
 }
 

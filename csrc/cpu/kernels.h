@@ -1,0 +1,56 @@
+#pragma once
+// The CPU's vectorised kernels: the cell passes over csrc/cell.h on at::vec
+// registers, and register transposes. kernels.cpp is compiled once per
+// instruction-set level (on x86-64: DEFAULT, AVX2, AVX512, as ATen's own
+// kernels), each object with its level's flags and in its own namespace;
+// kernels() chooses one level, once: the best the CPU has as ATen reports it
+// (at::get_cpu_capability(), which ATEN_CPU_CAPABILITY=avx2 or default
+// lowers). Nothing else in the extension is compiled with vector-ISA flags, so
+// one build runs on every CPU torch runs on.
+
+#include <cstdint>
+
+namespace lstm_ext::cpu {
+
+// Rows [r0, r1) of one step, with the semantics of the executor's passes
+// (executor.h).
+template <typename scalar_t>
+struct CellKernels {
+  void (*forward)(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
+                  const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
+                  scalar_t* c_out, scalar_t* h_out);
+  void (*backward)(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
+                   const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
+                   const scalar_t* dh, const scalar_t* dh_extra, scalar_t* dc_state,
+                   scalar_t* dgates, scalar_t* h_out);
+  void (*tangent)(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
+                  const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
+                  const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
+                  const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out);
+  // dst = a + b, n elements.
+  void (*add)(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n);
+};
+
+struct Kernels {
+  CellKernels<float> f;
+  CellKernels<double> d;
+  // dst[c][r] = src[r][c] for a rows x cols block.
+  void (*transpose)(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+                    int64_t ld_dst);
+
+  template <typename scalar_t>
+  const CellKernels<scalar_t>& cells() const {
+    if constexpr (sizeof(scalar_t) == sizeof(float)) {
+      return f;
+    } else {
+      return d;
+    }
+  }
+};
+
+// The level in use, and its name as ATEN_CPU_CAPABILITY spells it
+// ("default", "avx2", "avx512").
+const Kernels& kernels();
+const char* kernels_level();
+
+}  // namespace lstm_ext::cpu
