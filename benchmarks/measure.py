@@ -88,7 +88,7 @@ def _rss_peak_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
@@ -100,7 +100,7 @@ def peak_memory_bytes(fn) -> int:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _rss_bytes()
+    before = rss_bytes()
     fn()
     return max(0, _rss_peak_bytes() - before)
 

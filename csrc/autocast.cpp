@@ -12,34 +12,39 @@
 namespace lstm_ext {
 namespace {
 
-using LayerFn = LayerOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                         const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                         bool);
+template <typename Out>
+using LayerFn = Out(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                    const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool);
 
-template <c10::DeviceType device>
-LayerOut lstm_layer_autocast(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
-                             const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-                             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                             bool reverse) {
+// The rule for the op `name` (lstm_layer or lstm_layer_inference, which take
+// the same arguments), returning Out.
+template <c10::DeviceType device, typename Out, const char* name>
+Out layer_autocast(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                   const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                   const OptTensor& b_hh, const OptTensor& w_hr, bool reverse) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device));
   const auto dtype = at::autocast::get_lower_precision_fp_from_device_type(device);
   const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lstm_ext::lstm_layer", "")
-                             .typed<LayerFn>();
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<LayerFn<Out>>();
   return op.call(cast(x), batch_sizes, cast(h0), cast(c0), cast(w_ih), cast(w_hh), cast(b_ih),
                  cast(b_hh), cast(w_hr), reverse);
 }
 
+constexpr char kLayer[] = "lstm_ext::lstm_layer";
+constexpr char kInference[] = "lstm_ext::lstm_layer_inference";
+
+template <c10::DeviceType device>
+void register_rules(torch::Library& m) {
+  m.impl("lstm_layer", &layer_autocast<device, LayerOut, kLayer>);
+  m.impl("lstm_layer_inference", &layer_autocast<device, LayerOutputs, kInference>);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lstm_ext, AutocastCPU, m) {
-  m.impl("lstm_layer", &lstm_layer_autocast<c10::DeviceType::CPU>);
-}
+TORCH_LIBRARY_IMPL(lstm_ext, AutocastCPU, m) { register_rules<c10::DeviceType::CPU>(m); }
 
-TORCH_LIBRARY_IMPL(lstm_ext, AutocastCUDA, m) {
-  m.impl("lstm_layer", &lstm_layer_autocast<c10::DeviceType::CUDA>);
-}
+TORCH_LIBRARY_IMPL(lstm_ext, AutocastCUDA, m) { register_rules<c10::DeviceType::CUDA>(m); }
 
 }  // namespace lstm_ext

@@ -63,13 +63,13 @@ struct StepRows {
   int64_t t, first, rows, off, carried, prev, split;
 };
 
-// Calls body(StepRows) for each step in processing order (or its reverse,
-// for a backward pass) in which the range [first, last) has rows.
+// Calls body(StepRows) for the steps [begin, end) of the processing order
+// (in reverse, for a backward pass) in which the range [first, last) has rows.
 template <typename Body>
-void for_each_step(const Steps& steps, int64_t first, int64_t last, bool backwards,
-                   const Body& body) {
-  for (int64_t i = 0; i < steps.count(); ++i) {
-    const int64_t t = steps.time(backwards ? steps.count() - 1 - i : i);
+void for_each_step(const Steps& steps, int64_t begin, int64_t end, int64_t first, int64_t last,
+                   bool backwards, const Body& body) {
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t t = steps.time(backwards ? end - 1 - (i - begin) : i);
     const int64_t rows = std::min(last, steps.size(t));
     if (first >= rows) continue;
     const int64_t carried = steps.carried(t);
@@ -79,17 +79,19 @@ void for_each_step(const Steps& steps, int64_t first, int64_t last, bool backwar
   }
 }
 
-// The forward recurrence, shared by the layer and its tangent. Per step,
-// gates (row stride 4H) += h_{t-1} W_hh^T, h_{t-1} being the previously
-// processed step's rows of `out` or rows of `out0` (row stride P); then
-// cell(StepRows) runs the cell pass and writes the step's rows of `out`.
+// The forward recurrence over the steps [begin, end) of the processing order,
+// shared by the layer, its inference and its tangent. Per step, gates (row
+// stride 4H, holding rows from row0 on) += h_{t-1} W_hh^T, h_{t-1} being the
+// previously processed step's rows of `out` or rows of `out0` (row stride
+// P); then cell(StepRows) runs the cell pass and writes the step's rows of
+// `out`.
 template <typename Ex, typename scalar_t, typename Cell>
-void recurrence(Ex& ex, const Steps& steps, int64_t flops_per_row, int64_t G, int64_t P,
-                scalar_t* gates, const scalar_t* out, const scalar_t* out0,
-                const scalar_t* w_hh_t, const Cell& cell) {
+void recurrence(Ex& ex, const Steps& steps, int64_t begin, int64_t end, int64_t flops_per_row,
+                int64_t G, int64_t P, scalar_t* gates, int64_t row0, const scalar_t* out,
+                const scalar_t* out0, const scalar_t* w_hh_t, const Cell& cell) {
   ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
-    for_each_step(steps, first, last, false, [&](const StepRows& r) {
-      scalar_t* gates_t = gates + r.off * G;
+    for_each_step(steps, begin, end, first, last, false, [&](const StepRows& r) {
+      scalar_t* gates_t = gates + (r.off - row0) * G;
       ex.step_gemm(r.split - r.first, G, P, out + (r.prev + r.first) * P, P, w_hh_t,
                    gates_t + r.first * G, G, true);
       ex.step_gemm(r.rows - r.split, G, P, out0 + r.split * P, P, w_hh_t, gates_t + r.split * G,
@@ -110,7 +112,7 @@ Tensor previous_h(Ex& ex, const Steps& steps, const Tensor& y, const Tensor& h0)
   const scalar_t* y_p = ptr<scalar_t>(y);
   const scalar_t* h0_p = ptr<scalar_t>(h0);
   ex.for_each_row_range(steps, P, [&](int64_t first, int64_t last) {
-    for_each_step(steps, first, last, false, [&](const StepRows& r) {
+    for_each_step(steps, 0, steps.count(), first, last, false, [&](const StepRows& r) {
       ex.copy(out_p + (r.off + r.first) * P, y_p + (r.prev + r.first) * P,
               (r.split - r.first) * P);
       ex.copy(out_p + (r.off + r.split) * P, h0_p + r.split * P, (r.rows - r.split) * P);
@@ -119,10 +121,20 @@ Tensor previous_h(Ex& ex, const Steps& steps, const Tensor& y, const Tensor& h0)
   return out;
 }
 
+// With no backward to come, the input projection is computed for a block of
+// steps at a time, into a workspace of about this many elements: one product
+// of many rows per block, and memory that does not grow with T.
+constexpr int64_t kInferenceWorkspace = int64_t(1) << 21;
+
+// The layer's forward. Saving for backward (`save`), it returns y, h_n, c_n
+// and the activated gates and c_t of every row; otherwise y, h_n and c_n
+// alone, and it keeps neither: the gates of one block of steps at a time, and
+// one c per sequence, updated in place (and c_n at the end).
 template <typename Ex>
 LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+                       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                       bool save) {
   using scalar_t = typename Ex::scalar_t;
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
@@ -133,11 +145,12 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                       : b_ih.has_value()                    ? *b_ih
                       : b_hh.has_value()                    ? *b_hh
                                                             : Tensor();
-  // Starts as the input projection of every step; each step adds h W_hh^T,
+  // A block's rows start as their input projection; each step adds h W_hh^T,
   // and its cell pass adds the bias and leaves the activated gates.
-  Tensor gates = at::empty({d.rows, G}, opts);
+  const int64_t block_rows = save ? d.rows : std::max(kInferenceWorkspace / G, d.batch);
+  Tensor gates = at::empty({std::min(block_rows, d.rows), G}, opts);
   Tensor y = at::empty({d.rows, P}, opts);
-  Tensor cells = at::empty({d.rows, H}, opts);
+  Tensor cells = at::empty({save ? d.rows : d.batch, H}, opts);
   // With a projection, h_t before it; row r belongs to sequence r.
   Tensor h_raw = w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor();
 
@@ -145,26 +158,45 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   scalar_t* cells_p = ptr<scalar_t>(cells);
   scalar_t* y_p = ptr<scalar_t>(y);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
+  const scalar_t* x_p = ptr<scalar_t>(x);
   const scalar_t* h0_p = ptr<scalar_t>(h0);
   const scalar_t* c0_p = ptr<scalar_t>(c0);
   const scalar_t* bias_p = ptr<scalar_t>(bias);
+  const scalar_t* w_ih_t_p = ptr<scalar_t>(w_ih_t);
   const scalar_t* w_hh_t_p = ptr<scalar_t>(w_hh_t);
   const scalar_t* w_hr_t_p = ptr<scalar_t>(w_hr_t);
 
-  ex.sequence_gemm(d.rows, G, d.input, ptr<scalar_t>(x), d.input, ptr<scalar_t>(w_ih_t), gates_p,
-                   G, false);
   const int64_t flops_per_row = 2 * G * P + (h_raw_p ? 2 * H * P : 0);
-  recurrence(ex, steps, flops_per_row, G, P, gates_p, y_p, h0_p, w_hh_t_p, [&](const StepRows& r) {
-    scalar_t* y_t = y_p + r.off * P;
-    ex.cell_forward(r.first, r.rows, r.carried, H, gates_p + r.off * G, bias_p,
-                    cells_p + r.prev * H, c0_p, cells_p + r.off * H, h_raw_p ? h_raw_p : y_t);
-    if (h_raw_p) {
-      ex.step_gemm(r.rows - r.first, P, H, h_raw_p + r.first * H, H, w_hr_t_p,
-                   y_t + r.first * P, P, false);
+  for (int64_t begin = 0, end = 0; begin < steps.count(); begin = end) {
+    // The block: steps [begin, end) of the processing order, whose rows are
+    // contiguous, from row0 on.
+    int64_t rows = 0;
+    const auto size = [&](int64_t s) { return steps.size(steps.time(s)); };
+    while (end < steps.count() && (end == begin || rows + size(end) <= block_rows)) {
+      rows += size(end++);
     }
-  });
-  return {y, final_state<Ex, scalar_t>(ex, steps, y, d.batch),
-          final_state<Ex, scalar_t>(ex, steps, cells, d.batch), gates, cells};
+    const int64_t row0 =
+        std::min(steps.offset(steps.time(begin)), steps.offset(steps.time(end - 1)));
+    ex.sequence_gemm(rows, G, d.input, x_p + row0 * d.input, d.input, w_ih_t_p, gates_p, G,
+                     false);
+    recurrence(ex, steps, begin, end, flops_per_row, G, P, gates_p, row0, y_p, h0_p, w_hh_t_p,
+               [&](const StepRows& r) {
+                 scalar_t* y_t = y_p + r.off * P;
+                 // Saving, row r's c_t goes to its own row of cells; otherwise
+                 // to row r of the per-sequence c, which held its c_{t-1}.
+                 scalar_t* c_prev = save ? cells_p + r.prev * H : cells_p;
+                 scalar_t* c_out = save ? cells_p + r.off * H : cells_p;
+                 ex.cell_forward(r.first, r.rows, r.carried, H, gates_p + (r.off - row0) * G,
+                                 bias_p, c_prev, c0_p, c_out, h_raw_p ? h_raw_p : y_t);
+                 if (h_raw_p) {
+                   ex.step_gemm(r.rows - r.first, P, H, h_raw_p + r.first * H, H, w_hr_t_p,
+                                y_t + r.first * P, P, false);
+                 }
+               });
+  }
+  Tensor h_n = final_state<Ex, scalar_t>(ex, steps, y, d.batch);
+  if (!save) return {y, h_n, cells, Tensor(), Tensor()};
+  return {y, h_n, final_state<Ex, scalar_t>(ex, steps, cells, d.batch), gates, cells};
 }
 
 // `groups` as in the backward op's schema: the weight and bias gradients of
@@ -214,7 +246,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
   ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
-    for_each_step(steps, first, last, true, [&](const StepRows& r) {
+    for_each_step(steps, 0, steps.count(), first, last, true, [&](const StepRows& r) {
       const int64_t n = r.rows - r.first;
       const scalar_t* dh_t = dy_p + r.off * P;
       const scalar_t* dh_extra = dh_p;
@@ -263,7 +295,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
 // The forward-mode derivative: the same recurrence as layer_forward, run on
 // tangents (t_ prefix) with the forward's saved gates and cells.
 template <typename Ex>
-LayerTangents layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
+LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                         const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                         const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
                         const Tensor& gates, const Tensor& cells, const Tangents& tan) {
@@ -317,8 +349,8 @@ LayerTangents layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Te
   const scalar_t* t_w_hr_t_p = ptr<scalar_t>(t_w_hr_t);
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
-  recurrence(ex, steps, flops_per_row, G, P, t_gates_p, t_y_p, t_h0_p, w_hh_t_p,
-             [&](const StepRows& r) {
+  recurrence(ex, steps, 0, steps.count(), flops_per_row, G, P, t_gates_p, 0, t_y_p, t_h0_p,
+             w_hh_t_p, [&](const StepRows& r) {
                const int64_t n = r.rows - r.first;
                scalar_t* t_y_t = t_y_p + r.off * P;
                ex.cell_tangent(r.first, r.rows, r.carried, H, gates_p + r.off * G,

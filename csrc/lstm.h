@@ -20,8 +20,8 @@ using LayerOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 // b_ih and b_hh), dw_hr. Gradients not asked for by output_mask are undefined.
 using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// The tangents of y, h_n and c_n.
-using LayerTangents = std::tuple<Tensor, Tensor, Tensor>;
+// y, h_n and c_n (of inference), or their tangents.
+using LayerOutputs = std::tuple<Tensor, Tensor, Tensor>;
 
 // Which of dx, (dw_ih, dw_hh), db, dw_hr to compute; dh0 and dc0 come free.
 struct GradMask {

@@ -23,11 +23,12 @@ inline Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
 }
 
+// `save`: for a backward (layer_forward's).
 template <template <typename> class Executor>
 LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
                     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                    bool reverse) {
+                    bool reverse, bool save) {
   const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_device_and_dtype(x, device);
   const auto dtype = x.scalar_type();
@@ -35,7 +36,7 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
     auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
         device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
         w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(b_ih), to_float(b_hh), to_float(w_hr),
-        reverse);
+        reverse, save);
     return {y.to(dtype), h_n.to(dtype), c_n.to(dtype), gates, cells};
   }
   const Steps steps(batch_sizes.contiguous(), reverse);
@@ -44,7 +45,7 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
     Executor<scalar_t> ex;
     out = layer_forward(ex, d, steps, x.contiguous(), h0.contiguous(), c0.contiguous(),
                         w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
-                        contiguous(w_hr));
+                        contiguous(w_hr), save);
   });
   return out;
 }
@@ -89,7 +90,7 @@ Tangents map_tangents(const Tangents& t, const Fn& fn) {
 }
 
 template <template <typename> class Executor>
-LayerTangents jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
+LayerOutputs jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
                      const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                      const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                      const Tensor& cells, bool reverse, const Tangents& tangents) {
@@ -107,7 +108,7 @@ LayerTangents jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batc
     return {t_y.to(dtype), t_h_n.to(dtype), t_c_n.to(dtype)};
   }
   const Steps steps(batch_sizes.contiguous(), reverse);
-  LayerTangents out;
+  LayerOutputs out;
   AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_layer_jvp", [&] {
     Executor<scalar_t> ex;
     out = layer_jvp(ex, d, steps, x.contiguous(), h0.contiguous(), c0.contiguous(),
@@ -132,7 +133,17 @@ struct Kernels {
                           bool reverse) {
     const Guard guard(x);
     return forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                reverse);
+                                reverse, true);
+  }
+
+  static LayerOutputs inference(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                                const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                                const OptTensor& b_ih, const OptTensor& b_hh,
+                                const OptTensor& w_hr, bool reverse) {
+    const Guard guard(x);
+    auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
+        device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, false);
+    return {y, h_n, c_n};
   }
 
   static LayerGrads backward(const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
@@ -146,7 +157,7 @@ struct Kernels {
                                  w_hr, y, gates, cells, reverse, output_mask, groups);
   }
 
-  static LayerTangents jvp(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+  static LayerOutputs jvp(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
                            const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                            const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                            const Tensor& cells, bool reverse, const OptTensor& dx,

@@ -16,6 +16,7 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(lstm_ext, m) {
   m.def(lstm_ext::kLayerSchema);
+  m.def(lstm_ext::kLayerInferenceSchema);
   m.def(lstm_ext::kLayerBackwardSchema);
   m.def(lstm_ext::kLayerJvpSchema);
 }

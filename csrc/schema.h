@@ -11,6 +11,12 @@ inline constexpr const char* kLayerSchema =
     "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
+// The same layer where no backward will come: y, h_n and c_n, nothing saved.
+inline constexpr const char* kLayerInferenceSchema =
+    "lstm_layer_inference(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
+    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+    "-> (Tensor, Tensor, Tensor)";
+
 // output_mask selects dx, (dw_ih, dw_hh), db, dw_hr; unselected ones come
 // back undefined (None), as in ATen's native backward ops. With groups > 1
 // the batch is that many independent problems, interleaved (sequence s

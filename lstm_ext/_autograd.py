@@ -12,7 +12,8 @@
 
 torch.func sees an autograd.Function only when it is applied above the
 dispatcher, so `register` returns the entry point the functional API calls:
-`Layer.apply` under a torch.func transform, the op otherwise. The op's own
+the inference op where nothing can ask for a derivative (it saves nothing for
+a backward), `Layer.apply` under a torch.func transform, the op otherwise. The op's own
 Autograd kernel applies the same rules for autograd and forward-mode AD
 (which is all torch.compile sees), and its batching rule under vmap alone;
 under a torch.func grad or jvp transform the raw op raises rather than drop
@@ -229,14 +230,23 @@ def register(lib: torch.library.Library, namespace: str):
         return below(keyset, *args)
 
     lib.impl("lstm_layer", layer_kernel, "Autograd", with_keyset=True)
-    for name in ("lstm_layer_backward", "lstm_layer_jvp"):
+    for name in ("lstm_layer_inference", "lstm_layer_backward", "lstm_layer_jvp"):
         op = getattr(ops, name).default
         lib.impl(name, _without_derivative(f"{namespace}::{name}", op), "Autograd",
                  with_keyset=True)
+    inference = ops.lstm_layer_inference.default
 
     def entry(*args):
-        if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-            return Layer.apply(*args)
-        return layer(*args)
+        """y, h_n, c_n: by the inference op where nothing can ask for a
+        derivative, else by the layer, through Layer under torch.func."""
+        compiling = torch.compiler.is_compiling()
+        transforms = not compiling and torch._C._are_functorch_transforms_active()
+        autograd = torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        if transforms and (autograd or _differentiating_transform_active()):
+            return Layer.apply(*args)[:3]
+        if autograd or (not compiling and forward_ad._current_level >= 0):
+            return layer(*args)[:3]
+        return inference(*args)
 
     return entry

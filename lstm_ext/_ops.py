@@ -6,6 +6,7 @@ from . import _C  # noqa: F401  (importing it registers torch.ops.lstm_ext)
 from . import _autograd, _vmap
 
 lstm_layer = torch.ops.lstm_ext.lstm_layer.default
+lstm_layer_inference = torch.ops.lstm_ext.lstm_layer_inference.default
 lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
 lstm_layer_jvp = torch.ops.lstm_ext.lstm_layer_jvp.default
 
@@ -43,6 +44,12 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
         x.new_empty(rows, 4 * hidden, dtype=saved),
         x.new_empty(rows, hidden, dtype=saved),
     )
+
+
+def _lstm_layer_inference_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    y, h_n, c_n, _, _ = _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                         reverse)
+    return y, h_n, c_n
 
 
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
@@ -90,13 +97,15 @@ def register(namespace: str):
     op's signature), which works under every torch.func transform."""
     ops = getattr(torch.ops, namespace)
     torch.library.register_fake(f"{namespace}::lstm_layer", _lstm_layer_fake)
+    torch.library.register_fake(f"{namespace}::lstm_layer_inference", _lstm_layer_inference_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_backward", _lstm_layer_backward_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_jvp", _lstm_layer_jvp_fake)
     # Registrations last as long as their Library object.
     lib = _libraries[namespace] = torch.library.Library(namespace, "IMPL")
     entry = _autograd.register(lib, namespace)
-    torch.library.register_vmap(f"{namespace}::lstm_layer",
-                                _vmap.layer_rule(ops.lstm_layer.default), lib=lib)
+    for name in ("lstm_layer", "lstm_layer_inference"):
+        torch.library.register_vmap(f"{namespace}::{name}",
+                                    _vmap.layer_rule(getattr(ops, name).default), lib=lib)
     torch.library.register_vmap(f"{namespace}::lstm_layer_backward",
                                 _vmap.backward_rule(ops.lstm_layer_backward.default), lib=lib)
     torch.library.register_vmap(f"{namespace}::lstm_layer_jvp",
@@ -104,7 +113,7 @@ def register(namespace: str):
     return entry
 
 
-# lstm_layer's arguments and results, under any torch.func transform too.
+# lstm_layer's arguments; y, h_n and c_n, by whichever op serves.
 layer = register("lstm_ext")
 
 

@@ -74,7 +74,8 @@ def _unfold_all(op):
 
 
 def layer_rule(op):
-    """lstm_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)."""
+    """lstm_layer or lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+    reverse)."""
     return _folding_rule(op, 1, (0, 2, 3), range(4, 9), _unfold_all(op))
 
 

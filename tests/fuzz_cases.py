@@ -113,7 +113,8 @@ def _run(module, params, x, hx, gen_seed):
 
 
 def check_valid(c: ModuleCase) -> None:
-    """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient."""
+    """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient,
+    and without grad (lstm_ext's inference path) the same outputs and states."""
     tol = tolerance(DTYPES[c.dtype])
     ref, ours = _modules(c)
     results = []
@@ -123,7 +124,9 @@ def check_valid(c: ModuleCase) -> None:
         weight_leaves, params = _weights(c, module, gen)
         y, h_n, c_n, loss = _run(module, params, x, hx, c.seed)
         grads = torch.autograd.grad(loss, leaves + weight_leaves)
-        results.append((y, h_n, c_n, *grads))
+        with torch.no_grad():  # lstm_ext: the inference path
+            inference = _run(module, params, x, hx, c.seed)[:3]
+        results.append((y, h_n, c_n, *grads, *inference))
     for i, (a, b) in enumerate(zip(*results)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
 

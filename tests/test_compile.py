@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
+from compile_backend import BACKEND
 
 allow_rnn = torch._dynamo.config.patch(allow_rnn=True)
 
@@ -51,7 +52,7 @@ def test_fullgraph_matches_eager(packed):
     x = _packed() if packed else torch.randn(6, 3, 4)
     torch._dynamo.reset()
     with allow_rnn:
-        compiled = _loss_and_grads(torch.compile(model, fullgraph=True), x)
+        compiled = _loss_and_grads(torch.compile(model, fullgraph=True, backend=BACKEND), x)
     for a, b in zip(compiled, _loss_and_grads(model, x)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -62,17 +63,17 @@ def test_nn_lstm_breaks_the_graph_where_lstm_ext_does_not():
     x = _packed()
     torch._dynamo.reset()
     with allow_rnn, pytest.raises(torch._dynamo.exc.UserError, match="data-dependent"):
-        torch.compile(Tagger(nn.LSTM), fullgraph=True)(x)
+        torch.compile(Tagger(nn.LSTM), fullgraph=True, backend=BACKEND)(x)
     torch._dynamo.reset()
     with allow_rnn:
-        torch.compile(Tagger(lstm_ext.LSTM), fullgraph=True)(x)
+        torch.compile(Tagger(lstm_ext.LSTM), fullgraph=True, backend=BACKEND)(x)
 
 
 def test_dynamic_shapes_do_not_recompile():
     model = Tagger(lstm_ext.LSTM)
     torch._dynamo.reset()
     with allow_rnn:
-        compiled = torch.compile(model, dynamic=True, fullgraph=True)
+        compiled = torch.compile(model, dynamic=True, fullgraph=True, backend=BACKEND)
         compiled(torch.randn(6, 3, 4))
         # After the first compile, any recompile raises.
         with torch.compiler.set_stance("fail_on_recompile"):
@@ -94,3 +95,26 @@ def test_export(packed):
     # New values in the exported shapes (export specialises on the packed layout).
     other = x._replace(data=torch.randn_like(x.data)) if packed else torch.randn(6, 3, 4)
     torch.testing.assert_close(exported.module()(other), model(other), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes self.lstm._flat_weights")
+def test_export_without_grad_carries_the_inference_op():
+    """An eval model exported for inference runs the op that saves nothing."""
+    model = Tagger(lstm_ext.LSTM).eval()
+    x = torch.randn(6, 3, 4)
+    with allow_rnn, torch.no_grad():
+        exported = torch.export.export(model, (x,))
+    ops = {node.target for node in exported.graph.nodes if node.op == "call_function"}
+    assert torch.ops.lstm_ext.lstm_layer_inference.default in ops
+    assert torch.ops.lstm_ext.lstm_layer.default not in ops
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_without_grad_matches_eager():
+    model = Tagger(lstm_ext.LSTM).eval()
+    x = _packed()
+    torch._dynamo.reset()
+    with allow_rnn, torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True, backend=BACKEND)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,5 @@
 """The CUDA op on a GPU: parity with the CPU op in every dtype, gradcheck
-(every flag), tangents and per-sample gradients, CUDA graph capture,
+(every flag), inference, tangents and per-sample gradients, CUDA graph capture,
 non-default streams, determinism. No GPU is present where
 this project is developed: these tests skip there and the CUDA code is checked
 by tests/test_cuda_emulated.py instead; they run wherever a GPU appears."""
@@ -74,6 +74,20 @@ def test_reduced_precision_matches_cpu_op(dtype, reverse):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_gradcheck(cfg):
     gradcheck_layer(cfg, on_device("cuda"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
+def test_inference_matches_cpu(case):
+    """Without grad: the inference op on the GPU."""
+    problem = Problem(case)
+    leaves = [leaf.detach() for leaf in problem.leaves()]
+    with torch.no_grad():
+        gpu = problem.ours_fn(on_device("cuda"))(*leaves)
+        cpu = problem.ours_fn()(*leaves)
+    tol = dict(rtol=1e-10, atol=1e-10) if case.dtype == torch.float64 else dict(rtol=1e-4,
+                                                                                   atol=1e-4)
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a, b, **tol)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")

@@ -27,3 +27,15 @@ def test_bitwise_identical_runs():
                 assert torch.equal(a, b)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_bitwise_identical_inference_runs():
+    torch.manual_seed(0)
+    lstm = lstm_ext.LSTM(64, 96, num_layers=2, bidirectional=True, proj_size=48)
+    x = torch.randn(30, 24, 64)
+    with torch.no_grad():
+        first = lstm(x)
+        for _ in range(3):
+            again = lstm(x)
+            for a, b in zip((first[0], *first[1]), (again[0], *again[1])):
+                assert torch.equal(a, b)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lstm_ext
+from compile_backend import BACKEND
 from lstm_ext import _ops
 
 B, I, H, P = 3, 4, 5, 2
@@ -39,6 +40,13 @@ def test_opcheck(proj, bias, reverse):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_opcheck_dtypes(dtype):
     torch.library.opcheck(_ops.lstm_layer, op_args(dtype=dtype))
+
+
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_inference(proj, reverse):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in op_args(proj, True, reverse)]
+    torch.library.opcheck(_ops.lstm_layer_inference, args)
 
 
 def test_opcheck_backward():
@@ -123,7 +131,7 @@ def test_compile_fullgraph_matches_eager(packed):
     explained = torch._dynamo.explain(layer_loss)(*inputs, bs)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     torch._dynamo.reset()
-    compiled = torch.compile(layer_loss, fullgraph=True)
+    compiled = torch.compile(layer_loss, fullgraph=True, backend=BACKEND)
     grads = []
     for fn in (layer_loss, compiled):
         loss = fn(*inputs, bs)

@@ -2,6 +2,8 @@
 concurrent callers, sizes past 32-bit, and what is saved for backward."""
 
 import gc
+import pathlib
+import sys
 import threading
 
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 import lstm_ext
 from lstm_ext import _ops
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import measure  # noqa: E402  (the benchmark's memory probes)
 
 
 def test_sequence_longer_than_cudnn_allows():
@@ -28,11 +33,6 @@ def test_sequence_longer_than_cudnn_allows():
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
 def test_memory_stays_flat_over_10000_calls():
     torch.manual_seed(0)
     x = torch.randn(8, 3, 5, requires_grad=True)
@@ -47,11 +47,11 @@ def test_memory_stays_flat_over_10000_calls():
     for _ in range(500):
         call()
     gc.collect()
-    before = _rss_bytes()
+    before = measure.rss_bytes()
     for _ in range(10_000):
         call()
     gc.collect()
-    grown = _rss_bytes() - before
+    grown = measure.rss_bytes() - before
     # A leak of even one small buffer per call would pass 10 MB.
     assert grown < 10 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB"
 
@@ -122,3 +122,19 @@ def test_saved_for_backward_is_5h_per_row(dtype):
     assert sorted(tuple(t.shape) for t in extra) == [(rows, hidden), (rows, 4 * hidden)]
     assert all(t.dtype == torch.float32 or t.dtype == dtype for t in extra)
     assert sum(t.numel() for t in extra) == 5 * hidden * rows
+
+
+def test_inference_memory_grows_with_the_output_only():
+    """Without grad nothing is kept per row but the output: from T=35 to T=350
+    the peak grows by the output's growth and little else (training would add
+    the gates and cells, 5H values per row: 36 MB here)."""
+    torch.manual_seed(0)
+    model = lstm_ext.LSTM(256, 256)
+    peaks = []
+    for T in (35, 350):
+        x = torch.randn(T, 32, 256)
+        with torch.no_grad():
+            model(x)
+            peaks.append(measure.peak_memory_bytes(lambda x=x: model(x)))
+    output_growth = (350 - 35) * 32 * 256 * 4
+    assert peaks[1] - peaks[0] < output_growth + 4 * 2**20, [p / 2**20 for p in peaks]

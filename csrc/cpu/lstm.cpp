@@ -16,6 +16,7 @@ TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   using K = lstm_ext::Kernels<lstm_ext::cpu::Executor, c10::DeviceType::CPU>;
   m.impl("lstm_layer", &K::forward);
+  m.impl("lstm_layer_inference", &K::inference);
   m.impl("lstm_layer_backward", &K::backward);
   m.impl("lstm_layer_jvp", &K::jvp);
 }

@@ -28,6 +28,7 @@ struct DeviceGuard {
 TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
   using K = lstm_ext::Kernels<lstm_ext::Executor, c10::DeviceType::CUDA, lstm_ext::DeviceGuard>;
   m.impl("lstm_layer", &K::forward);
+  m.impl("lstm_layer_inference", &K::inference);
   m.impl("lstm_layer_backward", &K::backward);
   m.impl("lstm_layer_jvp", &K::jvp);
 }

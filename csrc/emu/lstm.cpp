@@ -32,6 +32,7 @@ using Executor = cuda::Executor<emu::Backend, scalar_t>;
 
 TORCH_LIBRARY(lstm_ext_emu, m) {
   m.def(lstm_ext::kLayerSchema);
+  m.def(lstm_ext::kLayerInferenceSchema);
   m.def(lstm_ext::kLayerBackwardSchema);
   m.def(lstm_ext::kLayerJvpSchema);
 }
@@ -39,6 +40,7 @@ TORCH_LIBRARY(lstm_ext_emu, m) {
 TORCH_LIBRARY_IMPL(lstm_ext_emu, CPU, m) {
   using K = lstm_ext::Kernels<lstm_ext::Executor, c10::DeviceType::CPU>;
   m.impl("lstm_layer", &K::forward);
+  m.impl("lstm_layer_inference", &K::inference);
   m.impl("lstm_layer_backward", &K::backward);
   m.impl("lstm_layer_jvp", &K::jvp);
 }
