@@ -135,7 +135,7 @@ def emulated_extension():
     # Plain C++, so that every build, with nvcc or without, can test the CUDA
     # kernels and executor (csrc/emu). Its own module and op namespace keep it
     # out of lstm_ext._C and torch.ops.lstm_ext.
-    sources = ["csrc/checks.cpp", "csrc/steps.cpp"]
+    sources = ["csrc/checks.cpp", "csrc/gate_order.cpp", "csrc/steps.cpp"]
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/emu/*.cpp"))]
     return cpp_extension.CppExtension("lstm_ext._emu", sources, extra_compile_args={"cxx": ["-O2"]})
 

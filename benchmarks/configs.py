@@ -48,6 +48,10 @@ GRID = [
     Config(32, 100, 256, 256, layers=2, bidirectional=True),
     Config(32, 100, 256, 256, packed=True),
     Config(32, 100, 256, 256, proj=128),
+    # Few sequences per thread, large hidden size.
+    Config(2, 100, 512, 512),
+    Config(4, 100, 1024, 1024),
+    Config(16, 100, 512, 512),
 ]
 # `make bench`: every kind of row, the smaller sizes.
-QUICK = [GRID[0], GRID[1], GRID[3], GRID[5], GRID[6], GRID[7]]
+QUICK = [GRID[0], GRID[1], GRID[3], GRID[5], GRID[6], GRID[7], GRID[8]]

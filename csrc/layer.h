@@ -2,23 +2,43 @@
 // One LSTM layer, one direction, a whole packed sequence: the time loop,
 // written once for every device.
 //
-// The recurrence couples the steps of a sequence, never two sequences, so
-// the loop runs over a range of sequences [first, last): the executor decides
-// how to cover the batch with ranges (one per CPU thread; the whole batch on
-// a GPU). It supplies, on raw pointers, with no allocation or dispatch inside
-// the loop:
+// The recurrence couples the steps of a sequence, never two sequences. A step
+// runs as phases, each over hidden units or over output columns (the forward:
+// the gates' product and the cell pass by units, then the projection by
+// columns). The executor chooses how to share the work between its threads
+// (run_steps): by sequences, each thread running every phase of its own rows,
+// step after step, with no barrier; or by units and columns, every thread
+// taking part of each phase of each step, with a barrier after each phase
+// (few sequences per thread: each keeps its slice of the weights in cache).
+// Within a phase, the product and the cell pass go a chunk of units at a time,
+// while the chunk's gates are in cache.
+//
+// The executor supplies, on raw pointers, with no allocation or dispatch
+// inside the loop:
 //   for_each_row_range(steps, flops_per_row, body)   calls body(first, last)
-//   weights(b)   a (k, n) weight (any strides) laid out for the products below
-//   step_gemm / sequence_gemm(m, n, k, a, lda, b, c, ldc, accumulate)
-//       row-major C[m,n] (+)= A[m,k] B[k,n], b from weights(), for a step's
-//       rows / whole sequences
-//   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc)
-//       C[m,n] = A[k,m]^T B[k,n], a weight gradient summed over a whole sequence
+//   split_by_units(steps, flops_per_row, units), for_each_part(extent, align, body)
+//   gate_group(H), unit_align(), column_align()      see below
+//   chunk_units(rows, H)   units per chunk of a fused product and cell pass
+//   weights(b, gates)   a (k, n) weight (any strides) laid out for the products;
+//       `gates` says which dimension runs over the 4H gates
+//   column(b, k, col0)  column col0 on of a laid-out (k, n) weight
+//   step_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate), for a step's rows;
+//   sequence_gemm(m, n, k, a, lda, b, c, ldc, accumulate), for whole sequences:
+//       row-major C[m,n] (+)= A[m,k] B[k,n], b from weights() / column()
+//   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
+//       C[m,n] (+)= A[k,m]^T B[k,n], a weight gradient summed over rows
 //   cell_forward(...), cell_backward(...), cell_tangent(...)
-//       the fused passes over csrc/cell.h
+//       the fused passes over csrc/cell.h, for rows and units of a step
 //   copy(dst, src, n), add(dst, a, b, n)
 // Weights are laid out once per call (weights()), so that the loop only
 // multiplies them in the form its executor's products want.
+//
+// Gates (the per-row buffers of 4H) are in the executor's gate order
+// (gate_order in lstm.h, with groups of gate_group(H) units): the gates of
+// units [u0, u1) are the columns [4 u0, 4 u1) when u0 and u1 are multiples of
+// the group (or H). Unit ranges start at multiples of unit_align(), output
+// column ranges at multiples of column_align(). Gradients of the weights and
+// biases come back in PyTorch's order.
 //
 // Within a step, row r is sequence r. Its previous state is row r of the
 // previously processed step if r < carried(t), else row r of h0/c0.
@@ -28,6 +48,7 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
@@ -63,62 +84,133 @@ struct StepRows {
   int64_t t, first, rows, off, carried, prev, split;
 };
 
-// Calls body(StepRows) for the steps [begin, end) of the processing order
-// (in reverse, for a backward pass) in which the range [first, last) has rows.
+inline StepRows step_rows(const Steps& steps, int64_t t, int64_t first, int64_t last) {
+  const int64_t rows = std::min(last, steps.size(t)), carried = steps.carried(t);
+  return {t, first, rows, steps.offset(t), carried,
+          carried > 0 ? steps.offset(steps.previous(t)) : 0, std::clamp(carried, first, rows)};
+}
+
+// Time index of the i-th of the steps [begin, end) in processing order, or,
+// for a backward pass, in its reverse.
+inline int64_t step_time(const Steps& steps, int64_t begin, int64_t end, int64_t i,
+                         bool backwards) {
+  return steps.time(backwards ? end - 1 - (i - begin) : i);
+}
+
+// Calls body(StepRows) for the steps [begin, end) (as step_time orders them)
+// in which the range of sequences [first, last) has rows.
 template <typename Body>
 void for_each_step(const Steps& steps, int64_t begin, int64_t end, int64_t first, int64_t last,
                    bool backwards, const Body& body) {
   for (int64_t i = begin; i < end; ++i) {
-    const int64_t t = steps.time(backwards ? end - 1 - (i - begin) : i);
-    const int64_t rows = std::min(last, steps.size(t));
-    if (first >= rows) continue;
-    const int64_t carried = steps.carried(t);
-    body(StepRows{t, first, rows, steps.offset(t), carried,
-                  carried > 0 ? steps.offset(steps.previous(t)) : 0,
-                  std::clamp(carried, first, rows)});
+    const StepRows r = step_rows(steps, step_time(steps, begin, end, i, backwards), first, last);
+    if (r.first < r.rows) body(r);
   }
 }
 
-// The forward recurrence over the steps [begin, end) of the processing order,
-// shared by the layer, its inference and its tangent. Per step, gates (row
-// stride 4H, holding rows from row0 on) += h_{t-1} W_hh^T, h_{t-1} being the
-// previously processed step's rows of `out` or rows of `out0` (row stride
-// P); then cell(StepRows) runs the cell pass and writes the step's rows of
-// `out`.
-template <typename Ex, typename scalar_t, typename Cell>
-void recurrence(Ex& ex, const Steps& steps, int64_t begin, int64_t end, int64_t flops_per_row,
-                int64_t G, int64_t P, scalar_t* gates, int64_t row0, const scalar_t* out,
-                const scalar_t* out0, const scalar_t* w_hh_t, const Cell& cell) {
+// One phase of a step: fn(StepRows, lo, hi) does [lo, hi) of [0, extent)
+// (units or columns) for the rows; split, the pieces start at multiples of
+// `align`.
+template <typename Fn>
+struct Phase {
+  int64_t extent, align;
+  Fn fn;
+};
+
+template <typename Fn>
+Phase<Fn> phase(int64_t extent, int64_t align, Fn fn) {
+  return {extent, align, std::move(fn)};
+}
+
+// Runs the steps [begin, end) (backwards: in reverse), each as its phases in
+// order, shared between the executor's threads by sequences or by units
+// (see the top of this file). A phase of extent 0 is skipped.
+template <typename Ex, typename... Phases>
+void run_steps(Ex& ex, const Steps& steps, int64_t begin, int64_t end, bool backwards,
+               int64_t flops_per_row, int64_t units, const Phases&... phases) {
+  if (ex.split_by_units(steps, flops_per_row, units)) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t t = step_time(steps, begin, end, i, backwards);
+      const StepRows r = step_rows(steps, t, 0, steps.size(t));
+      const auto run = [&](const auto& p) {
+        if (p.extent > 0) {
+          ex.for_each_part(p.extent, p.align, [&](int64_t lo, int64_t hi) { p.fn(r, lo, hi); });
+        }
+      };
+      (run(phases), ...);
+    }
+    return;
+  }
   ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
-    for_each_step(steps, begin, end, first, last, false, [&](const StepRows& r) {
-      scalar_t* gates_t = gates + (r.off - row0) * G;
-      ex.step_gemm(r.split - r.first, G, P, out + (r.prev + r.first) * P, P, w_hh_t,
-                   gates_t + r.first * G, G, true);
-      ex.step_gemm(r.rows - r.split, G, P, out0 + r.split * P, P, w_hh_t, gates_t + r.split * G,
-                   G, true);
-      cell(r);
+    for_each_step(steps, begin, end, first, last, backwards, [&](const StepRows& r) {
+      const auto run = [&](const auto& p) {
+        if (p.extent > 0) p.fn(r, 0, p.extent);
+      };
+      (run(phases), ...);
     });
   });
 }
 
-// Row r of the result is the h_{t-1} that row r of the gates saw: a row of
-// the previously processed step's output, or of h0. With it, a weight's
-// gradient or tangent through h_{t-1} is one whole-sequence product.
+// Calls fn(a, b) over units [u0, u1) in chunks [a, b) small enough that a
+// chunk's gates (of `rows` rows) stay in cache between its product and its
+// cell pass.
+template <typename Ex, typename Fn>
+void for_each_chunk_of_units(const Ex& ex, int64_t rows, int64_t H, int64_t u0, int64_t u1,
+                             const Fn& fn) {
+  const int64_t chunk = ex.chunk_units(rows, H);
+  for (int64_t a = u0; a < u1; a += chunk) fn(a, std::min(u1, a + chunk));
+}
+
+// The gates' product of one step for units [a, b), rows [r.first, r.rows):
+// gates_t (the step's rows, row stride 4H) += h_{t-1} W_hh^T, h_{t-1} being
+// rows of the previously processed step's `out` (at prev) or of `out0` (row
+// stride P).
 template <typename Ex, typename scalar_t>
-Tensor previous_h(Ex& ex, const Steps& steps, const Tensor& y, const Tensor& h0) {
-  const int64_t P = y.size(1);
-  Tensor out = at::empty_like(y);
-  scalar_t* out_p = ptr<scalar_t>(out);
-  const scalar_t* y_p = ptr<scalar_t>(y);
-  const scalar_t* h0_p = ptr<scalar_t>(h0);
-  ex.for_each_row_range(steps, P, [&](int64_t first, int64_t last) {
-    for_each_step(steps, 0, steps.count(), first, last, false, [&](const StepRows& r) {
-      ex.copy(out_p + (r.off + r.first) * P, y_p + (r.prev + r.first) * P,
-              (r.split - r.first) * P);
-      ex.copy(out_p + (r.off + r.split) * P, h0_p + r.split * P, (r.rows - r.split) * P);
-    });
-  });
-  return out;
+void recurrent_product(Ex& ex, const StepRows& r, int64_t a, int64_t b, int64_t P, int64_t G,
+                       const scalar_t* out, const scalar_t* out0, const scalar_t* w_hh_t,
+                       scalar_t* gates_t) {
+  const scalar_t* w = ex.column(w_hh_t, P, 4 * a);
+  ex.step_gemm(r.split - r.first, 4 * (b - a), P, out + (r.prev + r.first) * P, P, w, G,
+               gates_t + r.first * G + 4 * a, G, true);
+  ex.step_gemm(r.rows - r.split, 4 * (b - a), P, out0 + r.split * P, P, w, G,
+               gates_t + r.split * G + 4 * a, G, true);
+}
+
+// dW, laid out along `dim` in the executor's gate order, in PyTorch's order.
+template <typename Ex>
+Tensor in_pytorch_gate_order(const Ex& ex, const Tensor& dw, int64_t dim, int64_t H) {
+  const int64_t group = ex.gate_group(H);
+  if (group >= H) return dw;
+  const std::vector<int64_t> order = gate_order(H, group);
+  std::vector<int64_t> position(order.size());
+  for (size_t p = 0; p < order.size(); ++p) position[order[p]] = static_cast<int64_t>(p);
+  Tensor index = at::empty({int64_t(position.size())}, at::TensorOptions(at::kLong));
+  std::copy(position.begin(), position.end(), index.data_ptr<int64_t>());
+  return dw.index_select(dim, index.to(dw.device()));
+}
+
+// Runs of rows whose h_{t-1} are consecutive rows of one buffer: calls
+// fn(row, count, from_y, source) for the rows [row, row + count) of the
+// packed sequence, whose h_{t-1} are rows [source, source + count) of y
+// (from_y) or of h0. A weight's gradient or tangent through h_{t-1} is then a
+// product per run, with no copy of the rows: padded input has two runs.
+template <typename Fn>
+void for_each_previous_h_run(const Steps& steps, const Fn& fn) {
+  int64_t row = 0, count = 0, source = 0;  // the run from y being extended
+  for (int64_t t = 0; t < steps.count(); ++t) {
+    const int64_t off = steps.offset(t), carried = steps.carried(t), size = steps.size(t);
+    if (carried > 0) {
+      const int64_t from = steps.offset(steps.previous(t));
+      if (count > 0 && off == row + count && from == source + count) {
+        count += carried;
+      } else {
+        if (count > 0) fn(row, count, true, source);
+        row = off, count = carried, source = from;
+      }
+    }
+    if (carried < size) fn(off + carried, size - carried, false, carried);
+  }
+  if (count > 0) fn(row, count, true, source);
 }
 
 // With no backward to come, the input projection is computed for a block of
@@ -139,8 +231,9 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
 
-  const Tensor w_ih_t = ex.weights(w_ih.t()), w_hh_t = ex.weights(w_hh.t());
-  const Tensor w_hr_t = w_hr.has_value() ? ex.weights(w_hr->t()) : Tensor();
+  const Tensor w_ih_t = ex.weights(w_ih.t(), Gates::columns);
+  const Tensor w_hh_t = ex.weights(w_hh.t(), Gates::columns);
+  const Tensor w_hr_t = w_hr.has_value() ? ex.weights(w_hr->t(), Gates::none) : Tensor();
   const Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
                       : b_ih.has_value()                    ? *b_ih
                       : b_hh.has_value()                    ? *b_hh
@@ -179,20 +272,25 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
         std::min(steps.offset(steps.time(begin)), steps.offset(steps.time(end - 1)));
     ex.sequence_gemm(rows, G, d.input, x_p + row0 * d.input, d.input, w_ih_t_p, gates_p, G,
                      false);
-    recurrence(ex, steps, begin, end, flops_per_row, G, P, gates_p, row0, y_p, h0_p, w_hh_t_p,
-               [&](const StepRows& r) {
-                 scalar_t* y_t = y_p + r.off * P;
-                 // Saving, row r's c_t goes to its own row of cells; otherwise
-                 // to row r of the per-sequence c, which held its c_{t-1}.
-                 scalar_t* c_prev = save ? cells_p + r.prev * H : cells_p;
-                 scalar_t* c_out = save ? cells_p + r.off * H : cells_p;
-                 ex.cell_forward(r.first, r.rows, r.carried, H, gates_p + (r.off - row0) * G,
-                                 bias_p, c_prev, c0_p, c_out, h_raw_p ? h_raw_p : y_t);
-                 if (h_raw_p) {
-                   ex.step_gemm(r.rows - r.first, P, H, h_raw_p + r.first * H, H, w_hr_t_p,
-                                y_t + r.first * P, P, false);
-                 }
-               });
+    const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      scalar_t* gates_t = gates_p + (r.off - row0) * G;
+      // Saving, row r's c_t goes to its own row of cells; otherwise to row r
+      // of the per-sequence c, which held its c_{t-1}.
+      scalar_t* c_prev = save ? cells_p + r.prev * H : cells_p;
+      scalar_t* c_out = save ? cells_p + r.off * H : cells_p;
+      for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
+        recurrent_product(ex, r, a, b, P, G, y_p, h0_p, w_hh_t_p, gates_t);
+        ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t, bias_p, c_prev, c0_p,
+                        c_out, h_raw_p ? h_raw_p : y_p + r.off * P);
+      });
+    };
+    const auto projection = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      ex.step_gemm(r.rows - r.first, p1 - p0, H, h_raw_p + r.first * H, H,
+                   ex.column(w_hr_t_p, H, p0), P, y_p + (r.off + r.first) * P + p0, P, false);
+    };
+    run_steps(ex, steps, begin, end, false, flops_per_row, H,
+              phase(H, ex.unit_align(), gates_and_cells),
+              phase(h_raw_p ? P : 0, ex.column_align(), projection));
   }
   Tensor h_n = final_state<Ex, scalar_t>(ex, steps, y, d.batch);
   if (!save) return {y, h_n, cells, Tensor(), Tensor()};
@@ -221,7 +319,6 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   Tensor dc = dc_n.has_value() ? dc_n->clone(at::MemoryFormat::Contiguous)
                                : at::zeros({d.batch, H}, opts);
   Tensor dgates = at::empty({d.rows, G}, opts);
-  const Tensor h_prev = mask.weights ? previous_h<Ex, scalar_t>(ex, steps, y, h0) : Tensor();
   // With a projection: the total dL/dy per row, h_t before it per row, and
   // dL/dh_t before it per sequence.
   Tensor dy_total = proj ? at::empty({d.rows, P}, opts) : Tensor();
@@ -232,63 +329,82 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   scalar_t* dh_p = ptr<scalar_t>(dh);
   scalar_t* dc_p = ptr<scalar_t>(dc);
   scalar_t* dgates_p = ptr<scalar_t>(dgates);
-  const scalar_t* h_prev_p = ptr<scalar_t>(h_prev);
   scalar_t* dy_total_p = ptr<scalar_t>(dy_total);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
   scalar_t* dh_raw_p = ptr<scalar_t>(dh_raw);
   const scalar_t* c0_p = ptr<scalar_t>(c0);
   const scalar_t* gates_p = ptr<scalar_t>(gates);
   const scalar_t* cells_p = ptr<scalar_t>(cells);
-  const Tensor w_hh_step = ex.weights(w_hh);
-  const Tensor w_hr_step = proj ? ex.weights(*w_hr) : Tensor();
-  const scalar_t* w_hh_p = ptr<scalar_t>(w_hh_step);
-  const scalar_t* w_hr_p = ptr<scalar_t>(w_hr_step);
+  const Tensor w_hh_b = ex.weights(w_hh, Gates::rows);
+  const Tensor w_hr_b = proj ? ex.weights(*w_hr, Gates::none) : Tensor();
+  const scalar_t* w_hh_p = ptr<scalar_t>(w_hh_b);
+  const scalar_t* w_hr_p = ptr<scalar_t>(w_hr_b);
 
-  const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
-  ex.for_each_row_range(steps, flops_per_row, [&](int64_t first, int64_t last) {
-    for_each_step(steps, 0, steps.count(), first, last, true, [&](const StepRows& r) {
-      const int64_t n = r.rows - r.first;
-      const scalar_t* dh_t = dy_p + r.off * P;
-      const scalar_t* dh_extra = dh_p;
+  // With a projection, first dL/dy_t in total: dy and what the step
+  // processed before (later in time) sends back through h_t.
+  const auto total_dy = [&](const StepRows& r, int64_t p0, int64_t p1) {
+    for (int64_t row = r.first; row < r.rows; ++row) {
+      const int64_t at = row * P + p0;
+      ex.add(dy_total_p + r.off * P + at, dy_p + r.off * P + at, dh_p + at, p1 - p0);
+    }
+  };
+  const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
+    for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
       if (proj) {
-        scalar_t* dy_total_t = dy_total_p + (r.off + r.first) * P;
-        ex.add(dy_total_t, dh_t + r.first * P, dh_p + r.first * P, n * P);
-        ex.step_gemm(n, H, P, dy_total_t, P, w_hr_p, dh_raw_p + r.first * H, H, false);
-        dh_t = dh_raw_p;
-        dh_extra = nullptr;
+        ex.step_gemm(r.rows - r.first, b - a, P, dy_total_p + (r.off + r.first) * P, P,
+                     ex.column(w_hr_p, P, a), H, dh_raw_p + r.first * H + a, H, false);
       }
-      ex.cell_backward(r.first, r.rows, r.carried, H, gates_p + r.off * G, cells_p + r.off * H,
-                       cells_p + r.prev * H, c0_p, dh_t, dh_extra, dc_p, dgates_p + r.off * G,
-                       h_raw_p ? h_raw_p + r.off * H : nullptr);
-      ex.step_gemm(n, P, G, dgates_p + (r.off + r.first) * G, G, w_hh_p, dh_p + r.first * P, P,
-                   false);
+      ex.cell_backward(r.first, r.rows, a, b, r.carried, H, gates_p + r.off * G,
+                       cells_p + r.off * H, cells_p + r.prev * H, c0_p,
+                       proj ? dh_raw_p : dy_p + r.off * P, proj ? nullptr : dh_p, dc_p,
+                       dgates_p + r.off * G, h_raw_p ? h_raw_p + r.off * H : nullptr);
     });
-  });
+  };
+  // Then dL/dh_{t-1}, for the step processed next.
+  const auto state = [&](const StepRows& r, int64_t p0, int64_t p1) {
+    ex.step_gemm(r.rows - r.first, p1 - p0, G, dgates_p + (r.off + r.first) * G, G,
+                 ex.column(w_hh_p, G, p0), P, dh_p + r.first * P + p0, P, false);
+  };
+  const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
+  run_steps(ex, steps, 0, steps.count(), true, flops_per_row, H,
+            phase(proj ? P : 0, ex.column_align(), total_dy),
+            phase(H, ex.unit_align(), gates_and_cells), phase(P, ex.column_align(), state));
 
   Tensor dx, dw_ih, dw_hh, db, dw_hr;
   if (mask.input) {
     dx = at::empty({d.rows, d.input}, opts);
-    const Tensor w_ih_b = ex.weights(w_ih);
+    const Tensor w_ih_b = ex.weights(w_ih, Gates::rows);
     ex.sequence_gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih_b), ptr<scalar_t>(dx),
                      d.input, false);
   }
-  // C[g] = A[g]^T B[g] over the rows of each problem g: A and B are (rows, m)
-  // and (rows, n), and a problem's rows are every groups-th one.
-  const int64_t group_rows = d.rows / groups;
-  const auto weight_grad = [&](int64_t m, int64_t n, const scalar_t* a, const scalar_t* b) {
-    Tensor c = groups > 1 ? at::empty({groups, m, n}, opts) : at::empty({m, n}, opts);
+  // C[g] (+)= A[g]^T B[g] over `rows` rows of each problem g: A and B are
+  // (rows, m) and (rows, n), and a problem's rows are every groups-th one.
+  const auto weight_grad = [&](Tensor& c, int64_t m, int64_t n, int64_t rows, const scalar_t* a,
+                               const scalar_t* b, bool accumulate) {
+    if (!c.defined()) c = groups > 1 ? at::empty({groups, m, n}, opts) : at::empty({m, n}, opts);
     for (int64_t g = 0; g < groups; ++g) {
-      ex.weight_gemm(m, n, group_rows, a + g * m, m * groups, b + g * n, n * groups,
-                     ptr<scalar_t>(c) + g * m * n, n);
+      ex.weight_gemm(m, n, rows / groups, a + g * m, m * groups, b + g * n, n * groups,
+                     ptr<scalar_t>(c) + g * m * n, n, accumulate);
     }
-    return c;
   };
+  const int64_t gates_dim = groups > 1 ? 1 : 0;
   if (mask.weights) {
-    dw_ih = weight_grad(G, d.input, dgates_p, ptr<scalar_t>(x));
-    dw_hh = weight_grad(G, P, dgates_p, h_prev_p);
+    weight_grad(dw_ih, G, d.input, d.rows, dgates_p, ptr<scalar_t>(x), false);
+    bool accumulate = false;
+    for_each_previous_h_run(steps, [&](int64_t row, int64_t count, bool from_y, int64_t source) {
+      weight_grad(dw_hh, G, P, count, dgates_p + row * G,
+                  ptr<scalar_t>(from_y ? y : h0) + source * P, accumulate);
+      accumulate = true;
+    });
+    dw_ih = in_pytorch_gate_order(ex, dw_ih, gates_dim, H);
+    dw_hh = in_pytorch_gate_order(ex, dw_hh, gates_dim, H);
   }
-  if (mask.bias) db = groups > 1 ? dgates.view({group_rows, groups, G}).sum(0) : dgates.sum(0);
-  if (mask.proj) dw_hr = weight_grad(P, H, dy_total_p, h_raw_p);
+  if (mask.bias) {
+    db = in_pytorch_gate_order(
+        ex, groups > 1 ? dgates.view({d.rows / groups, groups, G}).sum(0) : dgates.sum(0),
+        gates_dim, H);
+  }
+  if (mask.proj) weight_grad(dw_hr, P, H, d.rows, dy_total_p, h_raw_p, false);
   return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
 }
 
@@ -310,14 +426,22 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   Tensor t_gates = at::empty({d.rows, G}, opts);
   bool started = false;
   const auto add_product = [&](const Tensor& a, const Tensor& w) {
-    const Tensor w_t = ex.weights(w.t());
+    const Tensor w_t = ex.weights(w.t(), Gates::columns);
     ex.sequence_gemm(d.rows, G, a.size(1), ptr<scalar_t>(a), a.size(1), ptr<scalar_t>(w_t),
                      ptr<scalar_t>(t_gates), G, started);
     started = true;
   };
   if (tan.x.has_value()) add_product(*tan.x, w_ih);
   if (tan.w_ih.has_value()) add_product(x, *tan.w_ih);
-  if (tan.w_hh.has_value()) add_product(previous_h<Ex, scalar_t>(ex, steps, y, h0), *tan.w_hh);
+  if (tan.w_hh.has_value()) {
+    const Tensor w_t = ex.weights(tan.w_hh->t(), Gates::columns);
+    // Each run's rows get their first product here if nothing came before.
+    for_each_previous_h_run(steps, [&](int64_t row, int64_t count, bool from_y, int64_t source) {
+      ex.sequence_gemm(count, G, P, ptr<scalar_t>(from_y ? y : h0) + source * P, P,
+                       ptr<scalar_t>(w_t), ptr<scalar_t>(t_gates) + row * G, G, started);
+    });
+    started = true;
+  }
   if (!started) t_gates.zero_();
 
   Tensor t_y = at::empty({d.rows, P}, opts);
@@ -329,9 +453,10 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   // itself when the projection's weight has a tangent.
   Tensor t_h_raw = proj ? at::empty({d.batch, H}, opts) : Tensor();
   Tensor h_raw = tan.w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor();
-  const Tensor w_hh_t = ex.weights(w_hh.t());
-  const Tensor w_hr_t = proj ? ex.weights(w_hr->t()) : Tensor();
-  const Tensor t_w_hr_t = tan.w_hr.has_value() ? ex.weights(tan.w_hr->t()) : Tensor();
+  const Tensor w_hh_t = ex.weights(w_hh.t(), Gates::columns);
+  const Tensor w_hr_t = proj ? ex.weights(w_hr->t(), Gates::none) : Tensor();
+  const Tensor t_w_hr_t =
+      tan.w_hr.has_value() ? ex.weights(tan.w_hr->t(), Gates::none) : Tensor();
 
   scalar_t* t_gates_p = ptr<scalar_t>(t_gates);
   scalar_t* t_y_p = ptr<scalar_t>(t_y);
@@ -348,24 +473,29 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const scalar_t* w_hr_t_p = ptr<scalar_t>(w_hr_t);
   const scalar_t* t_w_hr_t_p = ptr<scalar_t>(t_w_hr_t);
 
+  const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
+    scalar_t* t_gates_t = t_gates_p + r.off * G;
+    for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
+      recurrent_product(ex, r, a, b, P, G, t_y_p, t_h0_p, w_hh_t_p, t_gates_t);
+      ex.cell_tangent(r.first, r.rows, a, b, r.carried, H, gates_p + r.off * G,
+                      cells_p + r.off * H, cells_p + r.prev * H, c0_p, t_bias_p, t_gates_t,
+                      t_cells_p + r.prev * H, t_c0_p, t_cells_p + r.off * H,
+                      proj ? t_h_raw_p : t_y_p + r.off * P, h_raw_p);
+    });
+  };
+  const auto projection = [&](const StepRows& r, int64_t p0, int64_t p1) {
+    scalar_t* t_y_t = t_y_p + (r.off + r.first) * P + p0;
+    ex.step_gemm(r.rows - r.first, p1 - p0, H, t_h_raw_p + r.first * H, H,
+                 ex.column(w_hr_t_p, H, p0), P, t_y_t, P, false);
+    if (h_raw_p) {
+      ex.step_gemm(r.rows - r.first, p1 - p0, H, h_raw_p + r.first * H, H,
+                   ex.column(t_w_hr_t_p, H, p0), P, t_y_t, P, true);
+    }
+  };
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
-  recurrence(ex, steps, 0, steps.count(), flops_per_row, G, P, t_gates_p, 0, t_y_p, t_h0_p,
-             w_hh_t_p, [&](const StepRows& r) {
-               const int64_t n = r.rows - r.first;
-               scalar_t* t_y_t = t_y_p + r.off * P;
-               ex.cell_tangent(r.first, r.rows, r.carried, H, gates_p + r.off * G,
-                               cells_p + r.off * H, cells_p + r.prev * H, c0_p, t_bias_p,
-                               t_gates_p + r.off * G, t_cells_p + r.prev * H, t_c0_p,
-                               t_cells_p + r.off * H, proj ? t_h_raw_p : t_y_t, h_raw_p);
-               if (proj) {
-                 ex.step_gemm(n, P, H, t_h_raw_p + r.first * H, H, w_hr_t_p,
-                              t_y_t + r.first * P, P, false);
-               }
-               if (h_raw_p) {
-                 ex.step_gemm(n, P, H, h_raw_p + r.first * H, H, t_w_hr_t_p,
-                              t_y_t + r.first * P, P, true);
-               }
-             });
+  run_steps(ex, steps, 0, steps.count(), false, flops_per_row, H,
+            phase(H, ex.unit_align(), gates_and_cells),
+            phase(proj ? P : 0, ex.column_align(), projection));
   return {t_y, final_state<Ex, scalar_t>(ex, steps, t_y, d.batch),
           final_state<Ex, scalar_t>(ex, steps, t_cells, d.batch)};
 }

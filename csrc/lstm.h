@@ -28,6 +28,17 @@ struct GradMask {
   bool input, weights, bias, proj;
 };
 
+// Which dimension of a weight runs over the 4H gates: laid out in the
+// executor's gate order (layer.h), or none.
+enum class Gates { none, columns, rows };
+
+// The executor's gate order for groups of `group` hidden units: position
+// 4 j0 + k g + i along a gates dimension holds gate k of unit j0 + i, for the
+// group of g = min(group, hidden - j0) units starting at unit j0 (a multiple of
+// `group`). Element p of the result is that position's index in PyTorch's
+// order, k hidden + j. With group >= hidden it is PyTorch's order.
+std::vector<int64_t> gate_order(int64_t hidden, int64_t group);
+
 // Tangents of the layer's inputs, each the shape of its input; an absent one
 // is zero. bias is the tangent of b_ih + b_hh.
 struct Tangents {

@@ -35,6 +35,8 @@ class ModuleCase:
     weight_views: bool  # parameters replaced by strided views
     seed: int
     mutation: str = ""  # for invalid cases: what to break
+    split: int = -1  # how the CPU shares a step between 2 threads: -1 as it chooses,
+    # 0 by sequences, 1 by hidden units
 
 
 def _tensor(shape, layout, dtype, gen):
@@ -115,6 +117,8 @@ def _run(module, params, x, hx, gen_seed):
 def check_valid(c: ModuleCase) -> None:
     """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient,
     and without grad (lstm_ext's inference path) the same outputs and states."""
+    torch.set_num_threads(2)
+    torch.ops.lstm_ext._cpu_split(c.split)
     tol = tolerance(DTYPES[c.dtype])
     ref, ours = _modules(c)
     results = []

@@ -1,10 +1,13 @@
 """Repeated runs give bitwise-identical results, also under
 torch.use_deterministic_algorithms(True): no atomics, no order that depends on
-timing (the CPU threads split the batch, and every sum has a fixed order)."""
+timing (the CPU threads split the batch or the hidden units in a way fixed by
+the shape and thread count, and every sum has a fixed order)."""
 
+import pytest
 import torch
 
 import lstm_ext
+from cpu_split import SEQUENCES, UNITS, cpu_split
 
 
 def _run(x, weights, batch_sizes):
@@ -13,20 +16,26 @@ def _run(x, weights, batch_sizes):
     return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights])]
 
 
-def test_bitwise_identical_runs():
+@pytest.mark.parametrize("split, hidden, sizes", [
+    (SEQUENCES, 96, [40] * 10 + [31] * 10 + [7] * 5),
+    # The other way the CPU shares a step: by hidden units, a barrier per phase.
+    (UNITS, 160, [4] * 10 + [3] * 10 + [1] * 5),
+], ids=["sequences", "units"])
+def test_bitwise_identical_runs(split, hidden, sizes):
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(64, 96, proj_size=48)
+    lstm = torch.nn.LSTM(64, hidden, proj_size=48)
     weights = list(lstm.parameters())
-    batch_sizes = torch.tensor([40] * 10 + [31] * 10 + [7] * 5)
+    batch_sizes = torch.tensor(sizes)
     x = torch.randn(int(batch_sizes.sum()), 64, requires_grad=True)
-    first = _run(x, weights, batch_sizes)
-    torch.use_deterministic_algorithms(True)
-    try:
-        for _ in range(3):
-            for a, b in zip(_run(x, weights, batch_sizes), first):
-                assert torch.equal(a, b)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    with cpu_split(split):
+        first = _run(x, weights, batch_sizes)
+        torch.use_deterministic_algorithms(True)
+        try:
+            for _ in range(3):
+                for a, b in zip(_run(x, weights, batch_sizes), first):
+                    assert torch.equal(a, b)
+        finally:
+            torch.use_deterministic_algorithms(False)
 
 
 def test_bitwise_identical_inference_runs():

@@ -63,8 +63,10 @@ def worker():
 
 
 @st.composite
-def module_cases(draw, mutation=st.just("")):
-    H = draw(st.integers(1, 6))
+def module_cases(draw, mutation=st.just(""), split=st.just(-1)):
+    split = draw(split)
+    # Split by hidden units, a step is cut in pieces of 64 units: H > 64 for two.
+    H = draw(st.integers(1, 6) if split != 1 else st.sampled_from([65, 100, 130]))
     return fc.ModuleCase(
         layers=draw(st.integers(1, 3)), bidirectional=draw(st.booleans()),
         bias=draw(st.booleans()), proj=draw(st.integers(0, H - 1)),
@@ -73,12 +75,12 @@ def module_cases(draw, mutation=st.just("")):
         T=draw(st.integers(1, 5)), B=draw(st.integers(1, 4)), I=draw(st.integers(1, 5)), H=H,
         dtype=draw(st.sampled_from(sorted(fc.DTYPES))), hx=draw(st.booleans()),
         layout=draw(st.sampled_from(fc.LAYOUTS)), weight_views=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**16)), mutation=draw(mutation),
+        seed=draw(st.integers(0, 2**16)), mutation=draw(mutation), split=split,
     )
 
 
 @fuzz(150)
-@given(case=module_cases())
+@given(case=module_cases(split=st.sampled_from([-1, 0, 1])))
 def test_valid_configurations_match_nn_lstm(worker, case):
     worker.run(fc.check_valid, case)
 

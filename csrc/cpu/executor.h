@@ -12,9 +12,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 namespace lstm_ext::cpu {
+
+// Forces the split of the time loop's work for tests (_cpu_split): -1 lets
+// the shape choose, 0 splits the sequences, 1 the hidden units.
+inline std::atomic<int> forced_split{-1};
 
 template <typename scalar_t_>
 struct Executor {
@@ -26,19 +31,67 @@ struct Executor {
   template <typename Body>
   void for_each_row_range(const Steps& steps, int64_t flops_per_row, const Body& body) const {
     const int64_t batch = steps.size(0);
-    const bool small = steps.rows() * flops_per_row < kParallelFlops;
-    const int64_t parts = small ? 1 : std::min<int64_t>(at::get_num_threads(), batch);
+    const int64_t parts = small(steps, flops_per_row) ? 1 : std::min(threads(), batch);
     const std::vector<int64_t> bounds = steps.split(parts);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; ++part) body(bounds[part], bounds[part + 1]);
     });
   }
 
-  Tensor weights(const Tensor& b) const { return weight_layout(b); }
+  // Whether each step is split between the threads by hidden units (each
+  // thread then streams its slice of the weights, with a barrier per phase)
+  // rather than the batch by sequences (no barrier): when the threads would
+  // get few sequences each for the hidden size. Measured (README): with 1-2
+  // sequences per thread the units win from H = 128 (1.2-1.7x), with 4 from
+  // H = 256, with 8 from H = 512 (1.2x at H = 1024); otherwise the sequences,
+  // by up to 1.2x (B = 8, H = 128: a step is too short for a barrier).
+  bool split_by_units(const Steps& steps, int64_t flops_per_row, int64_t units) const {
+    const int forced = forced_split.load();
+    if (forced >= 0) return forced == 1 && threads() > 1;
+    const int64_t rows_per_thread = (steps.size(0) + threads() - 1) / threads();
+    return !small(steps, flops_per_row) && threads() > 1 && units >= kUnitAlign * threads() &&
+           units >= kUnitsPerRow * rows_per_thread;
+  }
+
+  // Calls body(lo, hi), one part per thread, over [0, extent) cut at
+  // multiples of align; returns when all are done.
+  template <typename Body>
+  void for_each_part(int64_t extent, int64_t align, const Body& body) const {
+    const int64_t pieces = (extent + align - 1) / align;
+    const int64_t parts = std::min(threads(), pieces);
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        body(pieces * p / parts * align, std::min(extent, pieces * (p + 1) / parts * align));
+      }
+    });
+  }
+
+  // The gate order (layer.h): the four gates of each group of this many
+  // units are one panel of a laid-out weight.
+  int64_t gate_group(int64_t /*H*/) const { return kPanel / 4; }
+  // Unit and column ranges start at panel boundaries of laid-out weights.
+  int64_t unit_align() const { return kUnitAlign; }
+  int64_t column_align() const { return kPanel; }
+
+  // Chunks whose gates take about kChunkBytes, in cache between the product
+  // and the cell pass.
+  int64_t chunk_units(int64_t rows, int64_t /*H*/) const {
+    const int64_t units = kChunkBytes / (std::max<int64_t>(rows, 1) * 4 * sizeof(scalar_t));
+    return std::max(kUnitAlign, units / kUnitAlign * kUnitAlign);
+  }
+
+  Tensor weights(const Tensor& b, Gates gates) const {
+    return weight_layout(b, gates, gate_group(0));
+  }
+
+  const scalar_t* column(const scalar_t* b, int64_t k, int64_t col0) const {
+    return cpu::column(b, k, col0);
+  }
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                 const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
-    gemm_serial(m, n, k, a, lda, b, c, ldc, accumulate);
+                 const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
+                 bool accumulate) const {
+    gemm_serial(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
   void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
@@ -47,8 +100,9 @@ struct Executor {
   }
 
   void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                   const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc) const {
-    gemm_tn_parallel(m, n, k, a, lda, b, ldb, c, ldc);
+                   const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
+                   bool accumulate) const {
+    gemm_tn_parallel(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
   void copy(scalar_t* dst, const scalar_t* src, int64_t n) const {
@@ -59,43 +113,58 @@ struct Executor {
     passes.add(dst, a, b, n);
   }
 
-  // Rows [r0, r1) of one step. gates (row stride 4H): pre-activations less the
-  // bias in, activations out; bias (4H) may be null. Row r's c_{t-1} is row r
-  // of c_prev if r < carried, else of c0. Writes c_t to c_out, h_t to h_out.
-  void cell_forward(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
-                    const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
-                    scalar_t* c_out, scalar_t* h_out) const {
-    passes.forward(r0, r1, carried, H, gates, bias, c_prev, c0, c_out, h_out);
+  // Rows [r0, r1) and units [u0, u1) of one step, gates (row stride 4H) in the
+  // gate order: pre-activations less the bias in, activations out; bias (4H,
+  // PyTorch's order) may be null. Row r's c_{t-1} is row r of c_prev if r <
+  // carried, else of c0. Writes c_t to c_out, h_t to h_out (row stride H).
+  void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                    scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
+                    const scalar_t* c0, scalar_t* c_out, scalar_t* h_out) const {
+    passes.forward(r0, r1, u0, u1, carried, H, gate_group(H), gates, bias, c_prev, c0, c_out,
+                   h_out);
   }
 
-  // Rows [r0, r1) of one step; c_{t-1} as in cell_forward. dh (row stride H)
-  // plus dh_extra when given is dL/dh_t. dc_state: dL/dc_t in, dL/dc_{t-1}
-  // out. Writes the pre-activation gate gradients to dgates and, when h_out
-  // is given, h_t.
-  void cell_backward(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                     const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                     const scalar_t* dh, const scalar_t* dh_extra, scalar_t* dc_state,
-                     scalar_t* dgates, scalar_t* h_out) const {
-    passes.backward(r0, r1, carried, H, gates, cells, c_prev, c0, dh, dh_extra, dc_state, dgates,
-                    h_out);
+  // Rows and units as in cell_forward. dh (row stride H) plus dh_extra when
+  // given is dL/dh_t. dc_state: dL/dc_t in, dL/dc_{t-1} out. Writes the
+  // pre-activation gate gradients to dgates and, when h_out is given, h_t.
+  void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                     const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
+                     const scalar_t* c0, const scalar_t* dh, const scalar_t* dh_extra,
+                     scalar_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
+    passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, dh,
+                    dh_extra, dc_state, dgates, h_out);
   }
 
-  // Rows [r0, r1) of one step; c_{t-1} as in cell_forward, its tangent from
-  // t_c_prev or t_c0 alike. t_gates (row stride 4H): the tangents of the gate
+  // Rows and units as in cell_forward; c_{t-1} as there, its tangent from
+  // t_c_prev or t_c0 alike. t_gates: the tangents of the gate
   // pre-activations less that of the bias (t_bias, may be null). Writes the
   // tangents of c_t and h_t to t_c_out and t_h_out and, when h_out is given,
   // h_t.
-  void cell_tangent(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                    const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                    const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
-                    const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out,
-                    scalar_t* h_out) const {
-    passes.tangent(r0, r1, carried, H, gates, cells, c_prev, c0, t_bias, t_gates, t_c_prev, t_c0,
-                   t_c_out, t_h_out, h_out);
+  void cell_tangent(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                    const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
+                    const scalar_t* c0, const scalar_t* t_bias, const scalar_t* t_gates,
+                    const scalar_t* t_c_prev, const scalar_t* t_c0, scalar_t* t_c_out,
+                    scalar_t* t_h_out, scalar_t* h_out) const {
+    passes.tangent(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, t_bias,
+                   t_gates, t_c_prev, t_c0, t_c_out, t_h_out, h_out);
   }
 
   // The cell passes of the level chosen for this CPU.
   const CellKernels<scalar_t>& passes = kernels().cells<scalar_t>();
+
+ private:
+  static constexpr int64_t kChunkBytes = 32 * 1024;
+  // Split by units from this many hidden units per sequence of a thread.
+  static constexpr int64_t kUnitsPerRow = 64;
+  // Unit ranges start at multiples of this: gates of kPanel / 4 units and the
+  // projection's kPanel columns are panels.
+  static constexpr int64_t kUnitAlign = kPanel;
+
+  static int64_t threads() { return at::get_num_threads(); }
+
+  static bool small(const Steps& steps, int64_t flops_per_row) {
+    return steps.rows() * flops_per_row < kParallelFlops;
+  }
 };
 
 }  // namespace lstm_ext::cpu

@@ -14,7 +14,6 @@ namespace lstm_ext::cpu {
 namespace {
 
 constexpr int64_t kTileRows = 64;
-constexpr int64_t kPanel = 64;
 // Long sums go in slices, so that a tile's operands stay in cache.
 constexpr int64_t kSliceDepth = 512;
 
@@ -68,30 +67,49 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 
 }  // namespace
 
-at::Tensor weight_layout(const at::Tensor& b) {
-  if (b.scalar_type() != at::kFloat) return b.contiguous();
+at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group) {
+  const int64_t k = b.size(0), n = b.size(1);
+  const bool gate_columns = gates == Gates::columns, gate_rows = gates == Gates::rows;
+  // order[i]: the source index of position i along the gates dimension.
+  const std::vector<int64_t> order =
+      gates == Gates::none ? std::vector<int64_t>() : gate_order((gate_rows ? k : n) / 4, group);
+  if (b.scalar_type() != at::kFloat) {
+    if (order.empty()) return b.contiguous();
+    const at::Tensor index = at::empty({int64_t(order.size())}, b.options().dtype(at::kLong));
+    std::copy(order.begin(), order.end(), index.data_ptr<int64_t>());
+    return b.index_select(gate_rows ? 0 : 1, index).contiguous();
+  }
   // nn.LSTM's weights come transposed (b = w.t()): their panels are
   // transposed blocks of w, with no transposed copy of w made first.
-  const bool of_transpose = b.stride(0) == 1 && b.stride(1) != 1;
+  const bool of_transpose = !gate_rows && b.stride(0) == 1 && b.stride(1) != 1;
   const at::Tensor src = of_transpose ? b.t().contiguous() : b.contiguous();
-  const int64_t k = b.size(0), n = b.size(1);
   at::Tensor panels = at::empty({k, n}, b.options());
   const float* from = src.const_data_ptr<float>();
   float* dst = panels.data_ptr<float>();
+  const auto column = [&](int64_t c) { return gate_columns ? order[c] : c; };
   // The panel of columns [j, j + width) starts at k * j.
   for (int64_t j = 0; j < n; j += kPanel) {
     const int64_t width = std::min(kPanel, n - j);
+    float* panel = dst + k * j;
     if (of_transpose) {
-      kernels().transpose(from + j * k, k, width, k, dst + k * j, width);
+      // Runs of columns that are consecutive rows of w, transposed 16 x 16.
+      for (int64_t c = j, run = 1; c < j + width; c += run, run = 1) {
+        while (c + run < j + width && column(c + run) == column(c) + run) ++run;
+        kernels().transpose(from + column(c) * k, k, run, k, panel + (c - j), width);
+      }
       continue;
     }
-    for (int64_t p = 0; p < k; ++p) std::copy_n(from + p * n + j, width, dst + k * j + p * width);
+    for (int64_t p = 0; p < k; ++p) {
+      const float* row = from + (gate_rows ? order[p] : p) * n;
+      float* out = panel + p * width;
+      for (int64_t c = j; c < j + width; ++c) out[c - j] = row[column(c)];
+    }
   }
   return panels;
 }
 
 void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                 const float* b_panels, float* c, int64_t ldc, bool accumulate) {
+                 const float* b_panels, int64_t /*ldb*/, float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
   panel_tiles(0, tile_count(m, n), m, n, k, a, lda, b_panels, c, ldc, accumulate);
 }
@@ -107,8 +125,8 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 
 // MKL threads dgemm itself, and runs it on one thread inside a parallel region.
 void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-                 double* c, int64_t ldc, bool accumulate) {
-  dgemm(m, n, k, a, lda, b, n, c, ldc, accumulate);
+                 int64_t ldb, double* c, int64_t ldc, bool accumulate) {
+  dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
 }
 
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
@@ -118,9 +136,9 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda
 
 namespace {
 
-// C[m,n] = A[k,m]^T B[k,n] by slices of A transposed in cache.
+// C[m,n] (+)= A[k,m]^T B[k,n] by slices of A transposed in cache.
 void float_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-              int64_t ldb, float* c, int64_t ldc) {
+              int64_t ldb, float* c, int64_t ldc, bool accumulate) {
   // One task per band of kTileRows output rows: it transposes each slice of
   // its columns of A once and reuses it for every tile along n.
   const int64_t bands = ceil_div(m, kTileRows);
@@ -133,7 +151,8 @@ void float_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, cons
         kernels().transpose(a + p * lda + i, lda, depth, rows, slice.data(), kSliceDepth);
         for (int64_t j = 0; j < n; j += 256) {
           at::native::cpublas::brgemm(rows, std::min<int64_t>(256, n - j), depth, kSliceDepth, ldb,
-                                      ldc, p > 0, slice.data(), b + p * ldb + j, c + i * ldc + j);
+                                      ldc, accumulate || p > 0, slice.data(), b + p * ldb + j,
+                                      c + i * ldc + j);
         }
       }
     }
@@ -143,23 +162,31 @@ void float_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, cons
 }  // namespace
 
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                      const float* b, int64_t ldb, float* c, int64_t ldc) {
-  if (handled_empty(m, n, k, c, ldc, false)) return;
-  if (m <= n) return float_tn(m, n, k, a, lda, b, ldb, c, ldc);
+                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  if (m <= n) return float_tn(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   // Transposing the narrower operand costs less (the gates are 4H wide, the
   // inputs and states often H): C^T = B^T A, then C^T^T.
   std::vector<float> c_t(n * m);
-  float_tn(n, m, k, b, ldb, a, lda, c_t.data(), m);
+  float_tn(n, m, k, b, ldb, a, lda, c_t.data(), m, false);
   const int64_t bands = ceil_div(m, kTileRows);
   at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
     const int64_t first = begin * kTileRows, last = std::min(m, end * kTileRows);
-    kernels().transpose(c_t.data() + first, m, n, last - first, c + first * ldc, ldc);
+    if (!accumulate) {
+      kernels().transpose(c_t.data() + first, m, n, last - first, c + first * ldc, ldc);
+      return;
+    }
+    std::vector<float> band((last - first) * n);
+    kernels().transpose(c_t.data() + first, m, n, last - first, band.data(), n);
+    for (int64_t i = first; i < last; ++i) {
+      kernels().f.add(c + i * ldc, c + i * ldc, band.data() + (i - first) * n, n);
+    }
   });
 }
 
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-                      const double* b, int64_t ldb, double* c, int64_t ldc) {
-  dgemm(m, n, k, a, lda, b, ldb, c, ldc, false, true);
+                      const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate) {
+  dgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate, true);
 }
 
 }  // namespace lstm_ext::cpu

@@ -9,6 +9,8 @@
 // code path on non-Intel CPUs). double has no brgemm: MKL's dgemm, which
 // libtorch_cpu exports.
 
+#include "../lstm.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -19,18 +21,29 @@ namespace lstm_ext::cpu {
 // costs more than it saves.
 constexpr int64_t kParallelFlops = 1 << 20;
 
+// Panels of laid-out float weights are this many columns wide.
+constexpr int64_t kPanel = 64;
+
 // The products by a weight, which is the same at every step: it is laid out
-// once per call. float goes in column panels, each 64 wide (the last one
+// once per call, its gates dimension (if any) in the gate order of `group`
+// (gate_order). float goes in column panels, each kPanel wide (the last one
 // narrower) and contiguous over k, which brgemm streams without a stride
 // (10-25% faster than row-major here); double is made row-major for MKL. `b`
 // is (k, n), any strides.
-at::Tensor weight_layout(const at::Tensor& b);
+at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group);
+
+// Column col0 on of a laid-out (k, n) weight, as the products below take it
+// (with n as ldb): for float panels col0 must start one.
+inline const float* column(const float* b, int64_t k, int64_t col0) { return b + k * col0; }
+inline const double* column(const double* b, int64_t, int64_t col0) { return b + col0; }
 
 // On the calling thread: the time loop calls it from inside its own threads.
+// b is from column(); ldb is the laid-out weight's n (double only).
 void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                 const float* b_laid_out, float* c, int64_t ldc, bool accumulate);
+                 const float* b_laid_out, int64_t ldb, float* c, int64_t ldc, bool accumulate);
 void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-                 const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
+                 const double* b_laid_out, int64_t ldb, double* c, int64_t ldc,
+                 bool accumulate);
 
 // Tiles spread over ATen's intra-op threads: the whole-sequence products.
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
@@ -38,12 +51,12 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                    const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
 
-// C[m,n] = A[k,m]^T B[k,n], parallel: weight gradients, which sum over the k
-// rows of a sequence. The narrower of A and B is transposed slice by slice
+// C[m,n] (+)= A[k,m]^T B[k,n], parallel: weight gradients, which sum over the
+// k rows of a sequence. The narrower of A and B is transposed slice by slice
 // in cache, so no transposed copy of either is ever made.
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                      const float* b, int64_t ldb, float* c, int64_t ldc);
+                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-                      const double* b, int64_t ldb, double* c, int64_t ldc);
+                      const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
 
 }  // namespace lstm_ext::cpu

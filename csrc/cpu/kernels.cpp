@@ -21,64 +21,69 @@ template <typename scalar_t>
 struct Cells {
   using Vec = at::vec::Vectorized<scalar_t>;
 
-  static void forward(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
-                      const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
-                      scalar_t* c_out, scalar_t* h_out) {
-    for_each_chunk(r0, r1, H, [=](int64_t r, int64_t j, int64_t n) {
-      scalar_t* g = gates + r * 4 * H + j;
-      auto [i, f, gg, o] = load_gates(g, bias, H, j, n);
-      const int64_t e = r * H + j;
-      Vec c, h;
-      lstm_ext::cell_forward(i, f, gg, o, Vec::loadu((r < carried ? c_prev : c0) + e, n), c, h);
-      i.store(g, n);
-      f.store(g + H, n);
-      gg.store(g + 2 * H, n);
-      o.store(g + 3 * H, n);
-      c.store(c_out + e, n);
-      h.store(h_out + e, n);
-    });
-  }
-
-  static void backward(int64_t r0, int64_t r1, int64_t carried, int64_t H,
-                       const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
-                       const scalar_t* c0, const scalar_t* dh, const scalar_t* dh_extra,
-                       scalar_t* dc_state, scalar_t* dgates, scalar_t* h_out) {
-    for_each_chunk(r0, r1, H, [=](int64_t r, int64_t j, int64_t n) {
-      const auto [i, f, g, o] = load_gates(gates + r * 4 * H + j, nullptr, H, j, n);
-      const int64_t e = r * H + j;
-      Vec dh_v = Vec::loadu(dh + e, n);
-      if (dh_extra) dh_v = dh_v + Vec::loadu(dh_extra + e, n);
-      Vec di, df, dg, do_, dc_prev, h;
-      lstm_ext::cell_backward(i, f, g, o, Vec::loadu(cells + e, n),
-                              Vec::loadu((r < carried ? c_prev : c0) + e, n), dh_v,
-                              Vec::loadu(dc_state + e, n), di, df, dg, do_, dc_prev, h);
-      scalar_t* dg_p = dgates + r * 4 * H + j;
-      di.store(dg_p, n);
-      df.store(dg_p + H, n);
-      dg.store(dg_p + 2 * H, n);
-      do_.store(dg_p + 3 * H, n);
-      dc_prev.store(dc_state + e, n);
-      if (h_out) h.store(h_out + e, n);
-    });
-  }
-
-  static void tangent(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                      const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                      const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
-                      const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out,
+  static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                      int64_t group, scalar_t* gates, const scalar_t* bias,
+                      const scalar_t* c_prev, const scalar_t* c0, scalar_t* c_out,
                       scalar_t* h_out) {
-    for_each_chunk(r0, r1, H, [=](int64_t r, int64_t j, int64_t n) {
-      const auto [i, f, g, o] = load_gates(gates + r * 4 * H + j, nullptr, H, j, n);
-      const auto [t_i, t_f, t_g, t_o] = load_gates(t_gates + r * 4 * H + j, t_bias, H, j, n);
-      const int64_t e = r * H + j;
-      const bool carried_row = r < carried;
+    for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
+      scalar_t* g = gates + k.row * 4 * H + k.column;
+      auto [i, f, gg, o] = load_gates(g, k, bias, H);
+      const int64_t e = k.row * H + k.unit;
+      Vec c, h;
+      lstm_ext::cell_forward(i, f, gg, o, Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n),
+                             c, h);
+      i.store(g, k.n);
+      f.store(g + k.stride, k.n);
+      gg.store(g + 2 * k.stride, k.n);
+      o.store(g + 3 * k.stride, k.n);
+      c.store(c_out + e, k.n);
+      h.store(h_out + e, k.n);
+    });
+  }
+
+  static void backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried,
+                       int64_t H, int64_t group, const scalar_t* gates, const scalar_t* cells,
+                       const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
+                       const scalar_t* dh_extra, scalar_t* dc_state, scalar_t* dgates,
+                       scalar_t* h_out) {
+    for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
+      const auto [i, f, g, o] = load_gates(gates + k.row * 4 * H + k.column, k, nullptr, H);
+      const int64_t e = k.row * H + k.unit;
+      Vec dh_v = Vec::loadu(dh + e, k.n);
+      if (dh_extra) dh_v = dh_v + Vec::loadu(dh_extra + e, k.n);
+      Vec di, df, dg, do_, dc_prev, h;
+      lstm_ext::cell_backward(i, f, g, o, Vec::loadu(cells + e, k.n),
+                              Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n), dh_v,
+                              Vec::loadu(dc_state + e, k.n), di, df, dg, do_, dc_prev, h);
+      scalar_t* dg_p = dgates + k.row * 4 * H + k.column;
+      di.store(dg_p, k.n);
+      df.store(dg_p + k.stride, k.n);
+      dg.store(dg_p + 2 * k.stride, k.n);
+      do_.store(dg_p + 3 * k.stride, k.n);
+      dc_prev.store(dc_state + e, k.n);
+      if (h_out) h.store(h_out + e, k.n);
+    });
+  }
+
+  static void tangent(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                      int64_t group, const scalar_t* gates, const scalar_t* cells,
+                      const scalar_t* c_prev, const scalar_t* c0, const scalar_t* t_bias,
+                      const scalar_t* t_gates, const scalar_t* t_c_prev, const scalar_t* t_c0,
+                      scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out) {
+    for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
+      const int64_t at = k.row * 4 * H + k.column;
+      const auto [i, f, g, o] = load_gates(gates + at, k, nullptr, H);
+      const auto [t_i, t_f, t_g, t_o] = load_gates(t_gates + at, k, t_bias, H);
+      const int64_t e = k.row * H + k.unit;
+      const bool carried_row = k.row < carried;
       Vec t_c, t_h, h;
-      lstm_ext::cell_tangent(i, f, g, o, Vec::loadu(cells + e, n),
-                             Vec::loadu((carried_row ? c_prev : c0) + e, n), t_i, t_f, t_g, t_o,
-                             Vec::loadu((carried_row ? t_c_prev : t_c0) + e, n), t_c, t_h, h);
-      t_c.store(t_c_out + e, n);
-      t_h.store(t_h_out + e, n);
-      if (h_out) h.store(h_out + e, n);
+      lstm_ext::cell_tangent(i, f, g, o, Vec::loadu(cells + e, k.n),
+                             Vec::loadu((carried_row ? c_prev : c0) + e, k.n), t_i, t_f, t_g,
+                             t_o, Vec::loadu((carried_row ? t_c_prev : t_c0) + e, k.n), t_c,
+                             t_h, h);
+      t_c.store(t_c_out + e, k.n);
+      t_h.store(t_h_out + e, k.n);
+      if (h_out) h.store(h_out + e, k.n);
     });
   }
 
@@ -86,24 +91,36 @@ struct Cells {
     at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, a, b, n);
   }
 
-  // The four gates (row stride 4H) of units [j, j + n) at g, plus the bias's
-  // when it is given.
-  static std::array<Vec, 4> load_gates(const scalar_t* g, const scalar_t* bias, int64_t H,
-                                       int64_t j, int64_t n) {
+  // A vector-wide chunk of one row: units [unit, unit + n), whose gate 0 is
+  // at `column` of the row's gates and gate k at column + k * stride.
+  struct Chunk {
+    int64_t row, unit, n, column, stride;
+  };
+
+  // The four gates of a chunk at g (its column), plus the bias's (PyTorch's
+  // order, 4H) when it is given.
+  static std::array<Vec, 4> load_gates(const scalar_t* g, const Chunk& k, const scalar_t* bias,
+                                       int64_t H) {
     std::array<Vec, 4> out;
-    for (int64_t k = 0; k < 4; ++k) {
-      out[k] = Vec::loadu(g + k * H, n);
-      if (bias) out[k] = out[k] + Vec::loadu(bias + k * H + j, n);
+    for (int64_t q = 0; q < 4; ++q) {
+      out[q] = Vec::loadu(g + q * k.stride, k.n);
+      if (bias) out[q] = out[q] + Vec::loadu(bias + q * H + k.unit, k.n);
     }
     return out;
   }
 
-  // Calls fn(row, column, width) over the vector-wide chunks of rows [r0, r1)
-  // of a (rows, H) block; the last chunk of a row may be narrower.
+  // Calls fn(Chunk) over rows [r0, r1) and units [u0, u1) (u0 a multiple of
+  // group; u1 too, or H), in the gate order of `group` (layer.h).
   template <typename Fn>
-  static void for_each_chunk(int64_t r0, int64_t r1, int64_t H, const Fn& fn) {
+  static void for_each_chunk(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
+                             int64_t group, const Fn& fn) {
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t j = 0; j < H; j += Vec::size()) fn(r, j, std::min<int64_t>(Vec::size(), H - j));
+      for (int64_t j0 = u0; j0 < u1; j0 += group) {
+        const int64_t g = std::min(group, H - j0);
+        for (int64_t i = 0; i < g; i += Vec::size()) {
+          fn(Chunk{r, j0 + i, std::min<int64_t>(Vec::size(), g - i), 4 * j0 + i, g});
+        }
+      }
     }
   }
 

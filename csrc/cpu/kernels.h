@@ -12,21 +12,23 @@
 
 namespace lstm_ext::cpu {
 
-// Rows [r0, r1) of one step, with the semantics of the executor's passes
-// (executor.h).
+// Rows [r0, r1) and hidden units [u0, u1) of one step, with the semantics of
+// the executor's passes (executor.h); gates in the gate order of `group`.
 template <typename scalar_t>
 struct CellKernels {
-  void (*forward)(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
-                  const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
-                  scalar_t* c_out, scalar_t* h_out);
-  void (*backward)(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                   const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                   const scalar_t* dh, const scalar_t* dh_extra, scalar_t* dc_state,
-                   scalar_t* dgates, scalar_t* h_out);
-  void (*tangent)(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                  const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                  const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
-                  const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out);
+  void (*forward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                  int64_t group, scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
+                  const scalar_t* c0, scalar_t* c_out, scalar_t* h_out);
+  void (*backward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                   int64_t group, const scalar_t* gates, const scalar_t* cells,
+                   const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
+                   const scalar_t* dh_extra, scalar_t* dc_state, scalar_t* dgates,
+                   scalar_t* h_out);
+  void (*tangent)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                  int64_t group, const scalar_t* gates, const scalar_t* cells,
+                  const scalar_t* c_prev, const scalar_t* c0, const scalar_t* t_bias,
+                  const scalar_t* t_gates, const scalar_t* t_c_prev, const scalar_t* t_c0,
+                  scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out);
   // dst = a + b, n elements.
   void (*add)(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n);
 };

@@ -8,9 +8,15 @@
 
 #include <string>
 
-// Which level of the vectorised kernels this CPU runs (kernels.h).
 TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
+  // Which level of the vectorised kernels this CPU runs (kernels.h).
   m.def("cpu_kernels() -> str", [] { return std::string(lstm_ext::cpu::kernels_level()); });
+  // For tests: forces how the CPU shares a layer's steps between threads
+  // (executor.h; -1: by the shape, 0: by sequences, 1: by hidden units) and
+  // returns the previous setting.
+  m.def("_cpu_split(int choice) -> int", [](int64_t choice) -> int64_t {
+    return lstm_ext::cpu::forced_split.exchange(static_cast<int>(choice));
+  });
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {

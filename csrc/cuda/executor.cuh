@@ -32,12 +32,33 @@ struct Executor {
     body(0, steps.size(0));
   }
 
-  // cuBLAS takes the weights row-major.
-  Tensor weights(const Tensor& b) const { return b.contiguous(); }
+  // Each step is one launch per pass over the whole batch: never split.
+  bool split_by_units(const Steps&, int64_t, int64_t) const { return false; }
+
+  template <typename Body>
+  void for_each_part(int64_t extent, int64_t /*align*/, const Body& body) const {
+    body(0, extent);
+  }
+
+  // PyTorch's gate order (layer.h); ranges are whole.
+  int64_t gate_group(int64_t H) const { return H; }
+  int64_t unit_align() const { return 1; }
+  int64_t column_align() const { return 1; }
+
+  // One launch per pass: no chunks.
+  int64_t chunk_units(int64_t /*rows*/, int64_t H) const { return H; }
+
+  // cuBLAS takes the weights row-major, the gates in PyTorch's order.
+  Tensor weights(const Tensor& b, Gates /*gates*/) const { return b.contiguous(); }
+
+  const scalar_t* column(const scalar_t* b, int64_t /*k*/, int64_t col0) const {
+    return b + col0;
+  }
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                 const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
-    gemm(m, n, k, a, lda, b, n, c, ldc, accumulate);
+                 const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
+                 bool accumulate) const {
+    gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
   void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
@@ -47,9 +68,11 @@ struct Executor {
 
   // Row-major C = A^T B is column-major C^T = B^T A, A read transposed.
   void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                   const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc) const {
+                   const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
+                   bool accumulate) const {
     if (m == 0 || n == 0) return;
-    backend.gemm('n', 't', n, m, k, scalar_t(1), b, ld(ldb), a, ld(lda), scalar_t(0), c, ldc);
+    backend.gemm('n', 't', n, m, k, scalar_t(1), b, ld(ldb), a, ld(lda), scalar_t(accumulate), c,
+                 ldc);
   }
 
   void copy(scalar_t* dst, const scalar_t* src, int64_t n) const {
@@ -60,29 +83,30 @@ struct Executor {
     launch(n, add_kernel<scalar_t>, dst, a, b, n);
   }
 
-  // The semantics of cpu::Executor::cell_forward, cell_backward and cell_tangent.
-  void cell_forward(int64_t r0, int64_t r1, int64_t carried, int64_t H, scalar_t* gates,
-                    const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
-                    scalar_t* c_out, scalar_t* h_out) const {
-    launch((r1 - r0) * H, cell_forward_kernel<scalar_t>, r0, r1, carried, H, gates, bias, c_prev,
-           c0, c_out, h_out);
+  // The semantics of cpu::Executor::cell_forward, cell_backward and
+  // cell_tangent, in PyTorch's gate order.
+  void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                    scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
+                    const scalar_t* c0, scalar_t* c_out, scalar_t* h_out) const {
+    launch((r1 - r0) * (u1 - u0), cell_forward_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
+           gates, bias, c_prev, c0, c_out, h_out);
   }
 
-  void cell_backward(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                     const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                     const scalar_t* dh, const scalar_t* dh_extra, scalar_t* dc_state,
-                     scalar_t* dgates, scalar_t* h_out) const {
-    launch((r1 - r0) * H, cell_backward_kernel<scalar_t>, r0, r1, carried, H, gates, cells,
-           c_prev, c0, dh, dh_extra, dc_state, dgates, h_out);
+  void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                     const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
+                     const scalar_t* c0, const scalar_t* dh, const scalar_t* dh_extra,
+                     scalar_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
+    launch((r1 - r0) * (u1 - u0), cell_backward_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
+           gates, cells, c_prev, c0, dh, dh_extra, dc_state, dgates, h_out);
   }
 
-  void cell_tangent(int64_t r0, int64_t r1, int64_t carried, int64_t H, const scalar_t* gates,
-                    const scalar_t* cells, const scalar_t* c_prev, const scalar_t* c0,
-                    const scalar_t* t_bias, const scalar_t* t_gates, const scalar_t* t_c_prev,
-                    const scalar_t* t_c0, scalar_t* t_c_out, scalar_t* t_h_out,
-                    scalar_t* h_out) const {
-    launch((r1 - r0) * H, cell_tangent_kernel<scalar_t>, r0, r1, carried, H, gates, cells, c_prev,
-           c0, t_bias, t_gates, t_c_prev, t_c0, t_c_out, t_h_out, h_out);
+  void cell_tangent(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
+                    const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
+                    const scalar_t* c0, const scalar_t* t_bias, const scalar_t* t_gates,
+                    const scalar_t* t_c_prev, const scalar_t* t_c0, scalar_t* t_c_out,
+                    scalar_t* t_h_out, scalar_t* h_out) const {
+    launch((r1 - r0) * (u1 - u0), cell_tangent_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
+           gates, cells, c_prev, c0, t_bias, t_gates, t_c_prev, t_c0, t_c_out, t_h_out, h_out);
   }
 
  private:

@@ -41,14 +41,16 @@ __device__ __forceinline__ void load_gates(const T* g, const T* bias, int64_t H,
   }
 }
 
-// One element (row r, unit j) per iteration over rows [r0, r1) of one step;
-// the arguments are those of the executor's cell_forward.
+// One element (row r, unit j) per iteration over rows [r0, r1) and units
+// [u0, u1) of one step; the arguments are those of the executor's
+// cell_forward.
 template <typename T>
-__global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t carried, int64_t H, T* gates,
-                                    const T* bias, const T* c_prev, const T* c0, T* c_out,
-                                    T* h_out) {
-  for_each_element((r1 - r0) * H, [&](int64_t e) {
-    const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
+__global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                    int64_t carried, int64_t H, T* gates, const T* bias,
+                                    const T* c_prev, const T* c0, T* c_out, T* h_out) {
+  const int64_t width = u1 - u0;
+  for_each_element((r1 - r0) * width, [&](int64_t e) {
+    const int64_t r = r0 + e / width, j = u0 + e % width, s = r * H + j;
     T* g = gates + r * 4 * H + j;
     T i, f, gg, o;
     load_gates(g, bias, H, j, i, f, gg, o);
@@ -65,12 +67,13 @@ __global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t carried, int
 
 // The executor's cell_backward, one element per iteration.
 template <typename T>
-__global__ void cell_backward_kernel(int64_t r0, int64_t r1, int64_t carried, int64_t H,
-                                     const T* gates, const T* cells, const T* c_prev,
-                                     const T* c0, const T* dh, const T* dh_extra, T* dc_state,
-                                     T* dgates, T* h_out) {
-  for_each_element((r1 - r0) * H, [&](int64_t e) {
-    const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
+__global__ void cell_backward_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                     int64_t carried, int64_t H, const T* gates, const T* cells,
+                                     const T* c_prev, const T* c0, const T* dh,
+                                     const T* dh_extra, T* dc_state, T* dgates, T* h_out) {
+  const int64_t width = u1 - u0;
+  for_each_element((r1 - r0) * width, [&](int64_t e) {
+    const int64_t r = r0 + e / width, j = u0 + e % width, s = r * H + j;
     const T* g = gates + r * 4 * H + j;
     T* dg = dgates + r * 4 * H + j;
     const T dh_total = dh_extra ? dh[s] + dh_extra[s] : dh[s];
@@ -83,12 +86,14 @@ __global__ void cell_backward_kernel(int64_t r0, int64_t r1, int64_t carried, in
 
 // The executor's cell_tangent, one element per iteration.
 template <typename T>
-__global__ void cell_tangent_kernel(int64_t r0, int64_t r1, int64_t carried, int64_t H,
-                                    const T* gates, const T* cells, const T* c_prev, const T* c0,
-                                    const T* t_bias, const T* t_gates, const T* t_c_prev,
-                                    const T* t_c0, T* t_c_out, T* t_h_out, T* h_out) {
-  for_each_element((r1 - r0) * H, [&](int64_t e) {
-    const int64_t r = r0 + e / H, j = e % H, s = r * H + j;
+__global__ void cell_tangent_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                    int64_t carried, int64_t H, const T* gates, const T* cells,
+                                    const T* c_prev, const T* c0, const T* t_bias,
+                                    const T* t_gates, const T* t_c_prev, const T* t_c0,
+                                    T* t_c_out, T* t_h_out, T* h_out) {
+  const int64_t width = u1 - u0;
+  for_each_element((r1 - r0) * width, [&](int64_t e) {
+    const int64_t r = r0 + e / width, j = u0 + e % width, s = r * H + j;
     const T* g = gates + r * 4 * H + j;
     T t_i, t_f, t_g, t_o;
     load_gates(t_gates + r * 4 * H + j, t_bias, H, j, t_i, t_f, t_g, t_o);
