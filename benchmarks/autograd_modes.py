@@ -2,9 +2,10 @@
 
 Forward-mode AD (torch.func.jvp), per-sample gradients (vmap(grad)), Jacobians
 (jacrev) and Hessian-vector products (double backward), timed with
-torch.utils.benchmark; the ratio is the other's time over ours (> 1: we are
-faster). nn.LSTM has no per-sample gradients (its row is a loop of one backward
-pass per sample, what people run instead) and, in float32 on the CPU, no
+torch.utils.benchmark, taking turns as bench.py does; the ratio is the
+other's time over ours (> 1: we are faster), the median of the turns' ratios.
+nn.LSTM has no per-sample gradients (its row is a loop of one backward pass
+per sample, what people run instead) and, in float32 on the CPU, no
 forward-mode AD (its row is the double-vjp trick). Writes
 benchmarks/results/autograd_modes.{md,json}.
 
@@ -17,6 +18,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import statistics
 import sys
 
 import torch
@@ -25,7 +27,7 @@ from torch.func import functional_call, grad, jacrev, jvp, vmap
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import measure  # noqa: E402
-from bench import cpu_name  # noqa: E402
+from bench import ROUNDS, cpu_name  # noqa: E402
 from configs import Config  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -115,7 +117,7 @@ ROWS = [
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--min-run-time", type=float, default=2.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -128,13 +130,14 @@ def main():
             theirs, other = _per_sample_loop(models["lstm_ext"], x), "lstm_ext loop"
         else:
             theirs, other = theirs_fn(models["nn.LSTM"], x), "nn.LSTM"
-        ms = {}
-        for name, fn in (("lstm_ext", ours), (other, theirs)):
+        fns = {"lstm_ext": ours, other: theirs}
+        for fn in fns.values():
             fn()
-            ms[name] = measure.median_seconds(fn, args.min_run_time, mode, config.name,
-                                              name).median * 1e3
+        _, per_round = measure.interleaved(fns, args.min_run_time, ROUNDS, mode, config.name)
+        ms = {name: statistics.median(t) * 1e3 for name, t in per_round.items()}
+        ratio = statistics.median(a / b for a, b in zip(per_round[other], per_round["lstm_ext"]))
         results.append(dict(mode=mode, config=config.name, dtype=str(dtype), other=other, ms=ms,
-                            ratio=ms[other] / ms["lstm_ext"]))
+                            ratio=ratio))
         print(f"{mode}, {config.name}: lstm_ext {ms['lstm_ext']:.2f} ms, {other} "
               f"{ms[other]:.2f} ms, {results[-1]['ratio']:.2f}x")
 

@@ -1,8 +1,10 @@
 """lstm_ext.LSTM against torch.nn.LSTM and an nn.LSTMCell loop, in one process.
 
 For every configuration, forward (no grad) and forward+backward are timed with
-torch.utils.benchmark on the same weights and input; the table gives medians,
-the speedup over nn.LSTM (> 1 is faster), the GF/s lstm_ext reaches and its
+torch.utils.benchmark on the same weights and input, taking turns (five rounds
+each, so that a slow spell of a shared machine falls on all alike); the table
+gives medians, the speedup over nn.LSTM (> 1 is faster; the median of the
+rounds' ratios), the GF/s lstm_ext reaches and its
 share of what torch.mm reaches on the same machine and run, and peak resident
 memory. Writes benchmarks/results/bench.{md,json,png}.
 
@@ -17,6 +19,7 @@ import datetime
 import os
 import pathlib
 import platform
+import statistics
 import sys
 
 import torch
@@ -30,6 +33,9 @@ import measure  # noqa: E402
 import report  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+# Each implementation is timed in this many turns (measure.interleaved); the
+# speedup is the median of the turns' ratios.
+ROUNDS = 5
 
 
 def cpu_name() -> str:
@@ -51,16 +57,19 @@ def run(config: configs.Config, min_run_time: float, timings: list) -> list[dict
         ("forward", measure.forward_fn, config.forward_flops(rows)),
         ("forward+backward", measure.training_fn, 3 * config.forward_flops(rows)),
     ):
-        ms, peak = {}, {}
-        for name, model in models.items():
-            fn = make(model, x)
+        fns = {name: make(model, x) for name, model in models.items()}
+        peak = {}
+        for name, fn in fns.items():
             fn()  # warm-up: kernels JIT-compiled, caches filled
-            m = measure.median_seconds(fn, min_run_time, "LSTM", f"{config.name} {mode}", name)
-            timings.append(m)
-            ms[name] = m.median * 1e3
             peak[name] = measure.peak_memory_bytes(fn) / 2**20
+        measurements, per_round = measure.interleaved(fns, min_run_time, ROUNDS, "LSTM",
+                                                      f"{config.name} {mode}")
+        timings += measurements.values()
+        ms = {name: statistics.median(t) * 1e3 for name, t in per_round.items()}
+        speedup = statistics.median(
+            a / b for a, b in zip(per_round["nn.LSTM"], per_round["lstm_ext"]))
         gflops = work / (ms["lstm_ext"] * 1e-3) / 1e9
-        results.append(dict(config=config.name, mode=mode, ms=ms, speedup=ms["nn.LSTM"] / ms["lstm_ext"],
+        results.append(dict(config=config.name, mode=mode, ms=ms, speedup=speedup,
                             gflops=gflops, of_mm=gflops * 1e9 / mm, mm_gflops=mm / 1e9,
                             peak_mb=peak))
     return results
@@ -72,6 +81,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-run-time", type=float, default=None,
                         help="seconds per measurement (default 0.5 quick, 2 full)")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
+                        help=f"folder for bench.md, bench.json, bench.png (default {RESULTS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     grid = configs.GRID if args.full else configs.QUICK
@@ -84,17 +95,18 @@ def main():
     meta = dict(date=datetime.date.today().isoformat(), torch=torch.__version__,
                 threads=args.threads, cpu=cpu_name(), cores=os.cpu_count(),
                 grid="full" if args.full else "quick",
-                command="python benchmarks/bench.py" + (" --full" if args.full else ""))
+                command="python benchmarks/bench.py" + (" --full" if args.full else "")
+                + (f" --threads {args.threads}" if args.threads != 2 else ""))
     header = (f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, "
               f"{meta['date']} ({meta['grid']} grid)")
     benchmark.Compare(timings).print()
     table = f"{report.markdown(rows)}\n\n{report.summary(rows)}"
     print(f"\n{header}\n\n{table}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench.md").write_text(f"{header}\n\n{table}\n")
-    report.write_json(rows, meta, RESULTS / "bench.json")
-    report.plot(rows, RESULTS / "bench.png", header)
-    print(f"\nwrote {RESULTS}/bench.md, bench.json, bench.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.md").write_text(f"{header}\n\n{table}\n")
+    report.write_json(rows, meta, args.out / "bench.json")
+    report.plot(rows, args.out / "bench.png", header)
+    print(f"\nwrote {args.out}/bench.md, bench.json, bench.png")
 
 
 if __name__ == "__main__":

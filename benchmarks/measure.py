@@ -61,6 +61,20 @@ def _output(result):
     return out.data if hasattr(out, "batch_sizes") else out
 
 
+def interleaved(fns: dict, min_run_time: float, rounds: int, label: str, sub_label: str):
+    """Times each of `fns` (name: function) in `rounds` rounds of min_run_time /
+    rounds seconds each, taking turns, so that a slow spell of a shared
+    machine falls on all of them alike. Returns each one's Measurement of all
+    its rounds, and the per-round times (name: [seconds])."""
+    rounds_of = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            m = median_seconds(fn, min_run_time / rounds, label, sub_label, name)
+            rounds_of[name].append(m)
+    measurements = {name: benchmark.Measurement.merge(ms)[0] for name, ms in rounds_of.items()}
+    return measurements, {name: [m.median for m in ms] for name, ms in rounds_of.items()}
+
+
 def median_seconds(fn, min_run_time: float, label: str, sub_label: str, desc: str):
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(),
                             label=label, sub_label=sub_label, description=desc)

@@ -38,7 +38,7 @@
 // units [u0, u1) are the columns [4 u0, 4 u1) when u0 and u1 are multiples of
 // the group (or H). Unit ranges start at multiples of unit_align(), output
 // column ranges at multiples of column_align(). Gradients of the weights and
-// biases come back in PyTorch's order.
+// biases come back in PyTorch's order (to_pytorch_gate_order(t, dim, H)).
 //
 // Within a step, row r is sequence r. Its previous state is row r of the
 // previously processed step if r < carried(t), else row r of h0/c0.
@@ -48,7 +48,6 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/index_select.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
@@ -176,28 +175,15 @@ void recurrent_product(Ex& ex, const StepRows& r, int64_t a, int64_t b, int64_t 
                gates_t + r.split * G + 4 * a, G, true);
 }
 
-// dW, laid out along `dim` in the executor's gate order, in PyTorch's order.
-template <typename Ex>
-Tensor in_pytorch_gate_order(const Ex& ex, const Tensor& dw, int64_t dim, int64_t H) {
-  const int64_t group = ex.gate_group(H);
-  if (group >= H) return dw;
-  const std::vector<int64_t> order = gate_order(H, group);
-  std::vector<int64_t> position(order.size());
-  for (size_t p = 0; p < order.size(); ++p) position[order[p]] = static_cast<int64_t>(p);
-  Tensor index = at::empty({int64_t(position.size())}, at::TensorOptions(at::kLong));
-  std::copy(position.begin(), position.end(), index.data_ptr<int64_t>());
-  return dw.index_select(dim, index.to(dw.device()));
-}
-
 // Runs of rows whose h_{t-1} are consecutive rows of one buffer: calls
-// fn(row, count, from_y, source) for the rows [row, row + count) of the
-// packed sequence, whose h_{t-1} are rows [source, source + count) of y
+// fn(row, count, from_y, source) for the rows [row, row + count) of the steps
+// [t0, t1) (time order), whose h_{t-1} are rows [source, source + count) of y
 // (from_y) or of h0. A weight's gradient or tangent through h_{t-1} is then a
 // product per run, with no copy of the rows: padded input has two runs.
 template <typename Fn>
-void for_each_previous_h_run(const Steps& steps, const Fn& fn) {
+void for_each_previous_h_run(const Steps& steps, int64_t t0, int64_t t1, const Fn& fn) {
   int64_t row = 0, count = 0, source = 0;  // the run from y being extended
-  for (int64_t t = 0; t < steps.count(); ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     const int64_t off = steps.offset(t), carried = steps.carried(t), size = steps.size(t);
     if (carried > 0) {
       const int64_t from = steps.offset(steps.previous(t));
@@ -213,10 +199,11 @@ void for_each_previous_h_run(const Steps& steps, const Fn& fn) {
   if (count > 0) fn(row, count, true, source);
 }
 
-// With no backward to come, the input projection is computed for a block of
-// steps at a time, into a workspace of about this many elements: one product
-// of many rows per block, and memory that does not grow with T.
-constexpr int64_t kInferenceWorkspace = int64_t(1) << 21;
+// Where the gates of every row need not be kept at once (the forward with no
+// backward to come, the backward), they are computed for a block of steps at
+// a time into a workspace of about this many elements (8 MB in float32): few
+// products of many rows, and memory that does not grow with T.
+constexpr int64_t kWorkspace = int64_t(1) << 21;
 
 // The layer's forward. Saving for backward (`save`), it returns y, h_n, c_n
 // and the activated gates and c_t of every row; otherwise y, h_n and c_n
@@ -240,7 +227,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                                                             : Tensor();
   // A block's rows start as their input projection; each step adds h W_hh^T,
   // and its cell pass adds the bias and leaves the activated gates.
-  const int64_t block_rows = save ? d.rows : std::max(kInferenceWorkspace / G, d.batch);
+  const int64_t block_rows = save ? d.rows : std::max(kWorkspace / G, d.batch);
   Tensor gates = at::empty({std::min(block_rows, d.rows), G}, opts);
   Tensor y = at::empty({d.rows, P}, opts);
   Tensor cells = at::empty({save ? d.rows : d.batch, H}, opts);
@@ -318,11 +305,15 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                                : at::zeros({d.batch, P}, opts);
   Tensor dc = dc_n.has_value() ? dc_n->clone(at::MemoryFormat::Contiguous)
                                : at::zeros({d.batch, H}, opts);
-  Tensor dgates = at::empty({d.rows, G}, opts);
-  // With a projection: the total dL/dy per row, h_t before it per row, and
-  // dL/dh_t before it per sequence.
-  Tensor dy_total = proj ? at::empty({d.rows, P}, opts) : Tensor();
-  Tensor h_raw = mask.proj ? at::empty({d.rows, H}, opts) : Tensor();
+  // The steps go in blocks, in the workspaces below; each block's share of
+  // the input, weight and bias gradients is taken before the next.
+  const int64_t block_rows = std::max(kWorkspace / G, d.batch);
+  const int64_t workspace_rows = std::min(block_rows, d.rows);
+  Tensor dgates = at::empty({workspace_rows, G}, opts);
+  // With a projection: the total dL/dy and h_t before it, per row of a block,
+  // and dL/dh_t before it per sequence.
+  Tensor dy_total = proj ? at::empty({workspace_rows, P}, opts) : Tensor();
+  Tensor h_raw = mask.proj ? at::empty({workspace_rows, H}, opts) : Tensor();
   Tensor dh_raw = proj ? at::empty({d.batch, H}, opts) : Tensor();
 
   const scalar_t* dy_p = ptr<scalar_t>(dy_c);
@@ -337,74 +328,93 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const scalar_t* cells_p = ptr<scalar_t>(cells);
   const Tensor w_hh_b = ex.weights(w_hh, Gates::rows);
   const Tensor w_hr_b = proj ? ex.weights(*w_hr, Gates::none) : Tensor();
+  const Tensor w_ih_b = mask.input ? ex.weights(w_ih, Gates::rows) : Tensor();
   const scalar_t* w_hh_p = ptr<scalar_t>(w_hh_b);
   const scalar_t* w_hr_p = ptr<scalar_t>(w_hr_b);
 
-  // With a projection, first dL/dy_t in total: dy and what the step
-  // processed before (later in time) sends back through h_t.
-  const auto total_dy = [&](const StepRows& r, int64_t p0, int64_t p1) {
-    for (int64_t row = r.first; row < r.rows; ++row) {
-      const int64_t at = row * P + p0;
-      ex.add(dy_total_p + r.off * P + at, dy_p + r.off * P + at, dh_p + at, p1 - p0);
-    }
-  };
-  const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
-    for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
-      if (proj) {
-        ex.step_gemm(r.rows - r.first, b - a, P, dy_total_p + (r.off + r.first) * P, P,
-                     ex.column(w_hr_p, P, a), H, dh_raw_p + r.first * H + a, H, false);
-      }
-      ex.cell_backward(r.first, r.rows, a, b, r.carried, H, gates_p + r.off * G,
-                       cells_p + r.off * H, cells_p + r.prev * H, c0_p,
-                       proj ? dh_raw_p : dy_p + r.off * P, proj ? nullptr : dh_p, dc_p,
-                       dgates_p + r.off * G, h_raw_p ? h_raw_p + r.off * H : nullptr);
-    });
-  };
-  // Then dL/dh_{t-1}, for the step processed next.
-  const auto state = [&](const StepRows& r, int64_t p0, int64_t p1) {
-    ex.step_gemm(r.rows - r.first, p1 - p0, G, dgates_p + (r.off + r.first) * G, G,
-                 ex.column(w_hh_p, G, p0), P, dh_p + r.first * P + p0, P, false);
-  };
-  const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
-  run_steps(ex, steps, 0, steps.count(), true, flops_per_row, H,
-            phase(proj ? P : 0, ex.column_align(), total_dy),
-            phase(H, ex.unit_align(), gates_and_cells), phase(P, ex.column_align(), state));
-
-  Tensor dx, dw_ih, dw_hh, db, dw_hr;
-  if (mask.input) {
-    dx = at::empty({d.rows, d.input}, opts);
-    const Tensor w_ih_b = ex.weights(w_ih, Gates::rows);
-    ex.sequence_gemm(d.rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih_b), ptr<scalar_t>(dx),
-                     d.input, false);
-  }
+  Tensor dx = mask.input ? at::empty({d.rows, d.input}, opts) : Tensor();
+  Tensor dw_ih, dw_hh, db, dw_hr;
   // C[g] (+)= A[g]^T B[g] over `rows` rows of each problem g: A and B are
   // (rows, m) and (rows, n), and a problem's rows are every groups-th one.
   const auto weight_grad = [&](Tensor& c, int64_t m, int64_t n, int64_t rows, const scalar_t* a,
-                               const scalar_t* b, bool accumulate) {
-    if (!c.defined()) c = groups > 1 ? at::empty({groups, m, n}, opts) : at::empty({m, n}, opts);
+                               const scalar_t* b) {
+    const bool accumulate = c.defined();
+    if (!accumulate) {
+      c = groups > 1 ? at::empty({groups, m, n}, opts) : at::empty({m, n}, opts);
+    }
     for (int64_t g = 0; g < groups; ++g) {
       ex.weight_gemm(m, n, rows / groups, a + g * m, m * groups, b + g * n, n * groups,
                      ptr<scalar_t>(c) + g * m * n, n, accumulate);
     }
   };
+
+  const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
+  for (int64_t end = steps.count(), begin = end; end > 0; end = begin) {
+    // The block: steps [begin, end) of the processing order (run backwards),
+    // whose rows are contiguous, from row0 on.
+    int64_t rows = 0;
+    const auto size = [&](int64_t s) { return steps.size(steps.time(s)); };
+    while (begin > 0 && (begin == end || rows + size(begin - 1) <= block_rows)) {
+      rows += size(--begin);
+    }
+    const int64_t row0 =
+        std::min(steps.offset(steps.time(begin)), steps.offset(steps.time(end - 1)));
+    // With a projection, first dL/dy_t in total: dy and what the step
+    // processed before (later in time) sends back through h_t.
+    const auto total_dy = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      for (int64_t row = r.first; row < r.rows; ++row) {
+        const int64_t at = row * P + p0;
+        ex.add(dy_total_p + (r.off - row0) * P + at, dy_p + r.off * P + at, dh_p + at, p1 - p0);
+      }
+    };
+    const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
+        if (proj) {
+          ex.step_gemm(r.rows - r.first, b - a, P, dy_total_p + (r.off - row0 + r.first) * P, P,
+                       ex.column(w_hr_p, P, a), H, dh_raw_p + r.first * H + a, H, false);
+        }
+        ex.cell_backward(r.first, r.rows, a, b, r.carried, H, gates_p + r.off * G,
+                         cells_p + r.off * H, cells_p + r.prev * H, c0_p,
+                         proj ? dh_raw_p : dy_p + r.off * P, proj ? nullptr : dh_p, dc_p,
+                         dgates_p + (r.off - row0) * G,
+                         h_raw_p ? h_raw_p + (r.off - row0) * H : nullptr);
+      });
+    };
+    // Then dL/dh_{t-1}, for the step processed next.
+    const auto state = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      ex.step_gemm(r.rows - r.first, p1 - p0, G, dgates_p + (r.off - row0 + r.first) * G, G,
+                   ex.column(w_hh_p, G, p0), P, dh_p + r.first * P + p0, P, false);
+    };
+    run_steps(ex, steps, begin, end, true, flops_per_row, H,
+              phase(proj ? P : 0, ex.column_align(), total_dy),
+              phase(H, ex.unit_align(), gates_and_cells), phase(P, ex.column_align(), state));
+
+    if (mask.input) {
+      ex.sequence_gemm(rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih_b),
+                       ptr<scalar_t>(dx) + row0 * d.input, d.input, false);
+    }
+    if (mask.weights) {
+      weight_grad(dw_ih, G, d.input, rows, dgates_p, ptr<scalar_t>(x) + row0 * d.input);
+      const int64_t t0 = std::min(steps.time(begin), steps.time(end - 1));
+      const int64_t t1 = std::max(steps.time(begin), steps.time(end - 1)) + 1;
+      for_each_previous_h_run(steps, t0, t1,
+                              [&](int64_t row, int64_t count, bool from_y, int64_t source) {
+                                weight_grad(dw_hh, G, P, count, dgates_p + (row - row0) * G,
+                                            ptr<scalar_t>(from_y ? y : h0) + source * P);
+                              });
+    }
+    if (mask.bias) {
+      const Tensor block = dgates.narrow(0, 0, rows);
+      const Tensor sum =
+          groups > 1 ? block.view({rows / groups, groups, G}).sum(0) : block.sum(0);
+      db = db.defined() ? db.add_(sum) : sum;
+    }
+    if (mask.proj) weight_grad(dw_hr, P, H, rows, dy_total_p, h_raw_p);
+  }
   const int64_t gates_dim = groups > 1 ? 1 : 0;
-  if (mask.weights) {
-    weight_grad(dw_ih, G, d.input, d.rows, dgates_p, ptr<scalar_t>(x), false);
-    bool accumulate = false;
-    for_each_previous_h_run(steps, [&](int64_t row, int64_t count, bool from_y, int64_t source) {
-      weight_grad(dw_hh, G, P, count, dgates_p + row * G,
-                  ptr<scalar_t>(from_y ? y : h0) + source * P, accumulate);
-      accumulate = true;
-    });
-    dw_ih = in_pytorch_gate_order(ex, dw_ih, gates_dim, H);
-    dw_hh = in_pytorch_gate_order(ex, dw_hh, gates_dim, H);
+  for (Tensor* t : {&dw_ih, &dw_hh, &db}) {
+    if (t->defined()) ex.to_pytorch_gate_order(*t, gates_dim, H);
   }
-  if (mask.bias) {
-    db = in_pytorch_gate_order(
-        ex, groups > 1 ? dgates.view({d.rows / groups, groups, G}).sum(0) : dgates.sum(0),
-        gates_dim, H);
-  }
-  if (mask.proj) weight_grad(dw_hr, P, H, d.rows, dy_total_p, h_raw_p, false);
   return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
 }
 
@@ -436,7 +446,8 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   if (tan.w_hh.has_value()) {
     const Tensor w_t = ex.weights(tan.w_hh->t(), Gates::columns);
     // Each run's rows get their first product here if nothing came before.
-    for_each_previous_h_run(steps, [&](int64_t row, int64_t count, bool from_y, int64_t source) {
+    for_each_previous_h_run(steps, 0, steps.count(), [&](int64_t row, int64_t count,
+                                                         bool from_y, int64_t source) {
       ex.sequence_gemm(count, G, P, ptr<scalar_t>(from_y ? y : h0) + source * P, P,
                        ptr<scalar_t>(w_t), ptr<scalar_t>(t_gates) + row * G, G, started);
     });

@@ -247,6 +247,11 @@ def register(lib: torch.library.Library, namespace: str):
             return Layer.apply(*args)[:3]
         if autograd or (not compiling and forward_ad._current_level >= 0):
             return layer(*args)[:3]
-        return inference(*args)
+        if compiling:
+            return inference(*args)
+        # Nothing can differentiate it: past its Autograd kernel (which would
+        # check again).
+        with torch._C._AutoDispatchBelowAutograd():
+            return inference(*args)
 
     return entry

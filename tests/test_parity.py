@@ -24,6 +24,9 @@ SHAPES = [
     # Enough work per step to run on every thread, and H no multiple of the
     # vector width.
     Case(T=3, B=70, I=16, H=301, packed=True),
+    # More rows (558) than one block of the backward holds (4H = 4096 gates:
+    # 512 rows), with a projection.
+    Case(T=80, B=12, I=3, H=1024, packed=True, proj=40),
 ]
 CASES = in_both_directions_and_dtypes(SHAPES)
 

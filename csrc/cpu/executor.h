@@ -84,6 +84,10 @@ struct Executor {
     return weight_layout(b, gates, gate_group(0));
   }
 
+  void to_pytorch_gate_order(Tensor& t, int64_t dim, int64_t H) const {
+    cpu::to_pytorch_gate_order(t, dim, gate_group(H));
+  }
+
   const scalar_t* column(const scalar_t* b, int64_t k, int64_t col0) const {
     return cpu::column(b, k, col0);
   }

@@ -3,6 +3,7 @@
 #include "../blas.h"
 #include "kernels.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/native/CPUBlas.h>
@@ -108,9 +109,47 @@ at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group) {
   return panels;
 }
 
+namespace {
+
+// Moves the element of each position p of `order.size()` blocks of `width`
+// values at t (block stride `width`) to position order[p], cycle by cycle.
+template <typename T>
+void permute_blocks(T* t, const std::vector<int64_t>& order, int64_t width) {
+  std::vector<bool> done(order.size());
+  std::vector<T> carry(width), next(width);
+  for (size_t start = 0; start < order.size(); ++start) {
+    if (done[start]) continue;
+    std::copy_n(t + start * width, width, carry.begin());
+    for (size_t p = start; !done[p]; p = order[p]) {
+      done[p] = true;
+      T* to = t + order[p] * width;
+      std::copy_n(to, width, next.begin());
+      std::copy_n(carry.begin(), width, to);
+      std::swap(carry, next);
+    }
+  }
+}
+
+}  // namespace
+
+void to_pytorch_gate_order(at::Tensor& t, int64_t dim, int64_t group) {
+  const int64_t hidden = t.size(dim) / 4;
+  if (group >= hidden) return;
+  const std::vector<int64_t> order = gate_order(hidden, group);
+  const int64_t outer = t.numel() / (t.size(dim) * t.stride(dim)), width = t.stride(dim);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "to_pytorch_gate_order", [&] {
+    for (int64_t o = 0; o < outer; ++o) {
+      permute_blocks(t.data_ptr<scalar_t>() + o * t.size(dim) * width, order, width);
+    }
+  });
+}
+
 void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* b_panels, int64_t /*ldb*/, float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  if (m <= kFewRows) {
+    return kernels().few_rows_gemm(m, n, k, a, lda, b_panels, kPanel, c, ldc, accumulate);
+  }
   panel_tiles(0, tile_count(m, n), m, n, k, a, lda, b_panels, c, ldc, accumulate);
 }
 
@@ -166,20 +205,33 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
   if (m <= n) return float_tn(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   // Transposing the narrower operand costs less (the gates are 4H wide, the
-  // inputs and states often H): C^T = B^T A, then C^T^T.
-  std::vector<float> c_t(n * m);
-  float_tn(n, m, k, b, ldb, a, lda, c_t.data(), m, false);
-  const int64_t bands = ceil_div(m, kTileRows);
+  // inputs and states often H): B^T once (n x k, which a block of rows
+  // bounds), then C^T = B^T A a band of C's rows at a time, each transposed
+  // into C: no buffer the size of C.
+  constexpr int64_t kBand = 256;
+  std::vector<float> b_t(n * k);
+  kernels().transpose(b, ldb, k, n, b_t.data(), k);
+  const int64_t bands = ceil_div(m, kBand);
   at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
-    const int64_t first = begin * kTileRows, last = std::min(m, end * kTileRows);
-    if (!accumulate) {
-      kernels().transpose(c_t.data() + first, m, n, last - first, c + first * ldc, ldc);
-      return;
-    }
-    std::vector<float> band((last - first) * n);
-    kernels().transpose(c_t.data() + first, m, n, last - first, band.data(), n);
-    for (int64_t i = first; i < last; ++i) {
-      kernels().f.add(c + i * ldc, c + i * ldc, band.data() + (i - first) * n, n);
+    std::vector<float> c_t(n * kBand), rows(accumulate ? kBand * n : 0);
+    for (int64_t band = begin; band < end; ++band) {
+      const int64_t j = band * kBand, width = std::min(kBand, m - j);
+      for (int64_t i = 0; i < n; i += kTileRows) {
+        const int64_t tile = std::min(kTileRows, n - i);
+        for (int64_t p = 0; p < k; p += kSliceDepth) {
+          at::native::cpublas::brgemm(tile, width, std::min(kSliceDepth, k - p), k, lda, width,
+                                      p > 0, b_t.data() + i * k + p, a + p * lda + j,
+                                      c_t.data() + i * width);
+        }
+      }
+      if (!accumulate) {
+        kernels().transpose(c_t.data(), width, n, width, c + j * ldc, ldc);
+        continue;
+      }
+      kernels().transpose(c_t.data(), width, n, width, rows.data(), n);
+      for (int64_t r = 0; r < width; ++r) {
+        kernels().f.add(c + (j + r) * ldc, c + (j + r) * ldc, rows.data() + r * n, n);
+      }
     }
   });
 }

@@ -32,6 +32,10 @@ constexpr int64_t kPanel = 64;
 // is (k, n), any strides.
 at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group);
 
+// t (float or double, contiguous), whose dimension dim runs over gates in the
+// gate order of `group`, put in PyTorch's order in place.
+void to_pytorch_gate_order(at::Tensor& t, int64_t dim, int64_t group);
+
 // Column col0 on of a laid-out (k, n) weight, as the products below take it
 // (with n as ldb): for float panels col0 must start one.
 inline const float* column(const float* b, int64_t k, int64_t col0) { return b + k * col0; }

@@ -145,9 +145,73 @@ void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, flo
   }
 }
 
+// Rows [0, R) of C against columns [0, NV * V) of one panel: R x NV
+// vectors of accumulators in registers, B streamed once.
+template <int64_t R, int64_t NV>
+void few_rows_tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t panel,
+                   float* c, int64_t ldc, bool accumulate) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t V = Vec::size();
+  Vec acc[R][NV];
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < NV; ++v) {
+      acc[r][v] = accumulate ? Vec::loadu(c + r * ldc + v * V) : Vec(0.f);
+    }
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    Vec bv[NV];
+    for (int64_t v = 0; v < NV; ++v) bv[v] = Vec::loadu(b + p * panel + v * V);
+    for (int64_t r = 0; r < R; ++r) {
+      const Vec x(a[r * lda + p]);
+      for (int64_t v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, bv[v], acc[r][v]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < NV; ++v) acc[r][v].store(c + r * ldc + v * V);
+  }
+}
+
+// Rows [0, R) of C against one panel of `width` columns: whole tiles of
+// 4 vectors, then one vector at a time, then the scalar rest.
+template <int64_t R>
+void few_rows_panel(int64_t width, int64_t k, const float* a, int64_t lda, const float* b,
+                    int64_t panel, float* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t V = at::vec::Vectorized<float>::size();
+  int64_t j = 0;
+  for (; j + 4 * V <= width; j += 4 * V) {
+    few_rows_tile<R, 4>(k, a, lda, b + j, panel, c + j, ldc, accumulate);
+  }
+  for (; j + V <= width; j += V) few_rows_tile<R, 1>(k, a, lda, b + j, panel, c + j, ldc, accumulate);
+  for (; j < width; ++j) {
+    for (int64_t r = 0; r < R; ++r) {
+      float sum = accumulate ? c[r * ldc + j] : 0.f;
+      for (int64_t p = 0; p < k; ++p) sum += a[r * lda + p] * b[p * panel + j];
+      c[r * ldc + j] = sum;
+    }
+  }
+}
+
+void few_rows_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const float* b_panels, int64_t panel, float* c, int64_t ldc, bool accumulate) {
+  for (int64_t j = 0; j < n; j += panel) {
+    const int64_t width = std::min(panel, n - j);
+    const float* b = b_panels + k * j;
+    for (int64_t i = 0; i < m;) {
+      const float* a_i = a + i * lda;
+      float* c_i = c + i * ldc + j;
+      switch (std::min<int64_t>(m - i, kFewRows)) {
+        case 1: few_rows_panel<1>(width, k, a_i, lda, b, width, c_i, ldc, accumulate); i += 1; break;
+        case 2: few_rows_panel<2>(width, k, a_i, lda, b, width, c_i, ldc, accumulate); i += 2; break;
+        case 3: few_rows_panel<3>(width, k, a_i, lda, b, width, c_i, ldc, accumulate); i += 3; break;
+        default: few_rows_panel<4>(width, k, a_i, lda, b, width, c_i, ldc, accumulate); i += 4;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern const Kernels table;
-const Kernels table{Cells<float>::table, Cells<double>::table, &transpose};
+const Kernels table{Cells<float>::table, Cells<double>::table, &transpose, &few_rows_gemm};
 
 }  // namespace lstm_ext::cpu::CPU_CAPABILITY

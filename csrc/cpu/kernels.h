@@ -33,12 +33,20 @@ struct CellKernels {
   void (*add)(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n);
 };
 
+// The most rows few_rows_gemm takes.
+constexpr int64_t kFewRows = 4;
+
 struct Kernels {
   CellKernels<float> f;
   CellKernels<double> d;
   // dst[c][r] = src[r][c] for a rows x cols block.
   void (*transpose)(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
                     int64_t ld_dst);
+  // C[m,n] (+)= A[m,k] B[k,n] for m <= kFewRows, B in column panels of `panel`
+  // columns (gemm.h): products too small for brgemm's call to pay.
+  void (*few_rows_gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                        const float* b_panels, int64_t panel, float* c, int64_t ldc,
+                        bool accumulate);
 
   template <typename scalar_t>
   const CellKernels<scalar_t>& cells() const {
