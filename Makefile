@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch is pinned in pyproject.toml too; --no-build-isolation needs it first.
+# The development venv's torch: the CUDA 13 build, so the CUDA part compiles here
+# (pyproject.toml admits a range). --no-build-isolation needs it first.
 BUILD_DEPS := torch==2.14.1 setuptools wheel ninja
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build sanitize clean
+.PHONY: test bench build sanitize gpu-check clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,11 @@ sanitize: $(VENV)/.deps
 	cd $(SAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 PYTHONPATH=. \
 		$(abspath $(PY)) -m pytest -p no:cacheprovider -q --capture=sys
+
+# On a machine with a GPU, offline, with its own python3 and CUDA build of torch:
+# builds, tests and benchmarks there, into gpu-check/<time>/ (.ci/gpu_check.py).
+gpu-check:
+	$(PYTHON) .ci/gpu_check.py
 
 clean:
 	rm -rf build lstm_ext/*.so $(VENV)

@@ -41,6 +41,10 @@ CPU_LEVELS = {"DEFAULT": [], **(X86_LEVELS if IS_X86 else {})}
 # With no GPU to look at, the architectures built: Ampere and Hopper, and PTX
 # that newer GPUs compile when they load it.
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+# The Python modules are empty stubs (csrc/ops.cpp): the ops reach Python through
+# torch's dispatcher, not the Python C API. So they are built against Python's
+# limited API (py_limited_api: torch defines Py_LIMITED_API for 3.10), and one
+# abi3 wheel serves every Python from 3.10 on.
 
 
 def want_cuda() -> bool:
@@ -113,7 +117,7 @@ def extension():
                 if str(p.relative_to(ROOT)) != CPU_KERNELS]
     macros = [(f"LSTM_EXT_CPU_{level}", None) for level in CPU_LEVELS if level != "DEFAULT"]
     kwargs = dict(extra_compile_args={"cxx": ["-O3", "-fopenmp"]}, extra_link_args=["-fopenmp"],
-                  define_macros=macros)
+                  define_macros=macros, py_limited_api=True)
     if not want_cuda():
         ext = cpp_extension.CppExtension("lstm_ext._C", sources, **kwargs)
     else:
@@ -137,7 +141,8 @@ def emulated_extension():
     # out of lstm_ext._C and torch.ops.lstm_ext.
     sources = ["csrc/checks.cpp", "csrc/gate_order.cpp", "csrc/steps.cpp"]
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/emu/*.cpp"))]
-    return cpp_extension.CppExtension("lstm_ext._emu", sources, extra_compile_args={"cxx": ["-O2"]})
+    return cpp_extension.CppExtension("lstm_ext._emu", sources, extra_compile_args={"cxx": ["-O2"]},
+                                      py_limited_api=True)
 
 
 class BuildExtension(cpp_extension.BuildExtension):
@@ -164,4 +169,5 @@ class BuildExtension(cpp_extension.BuildExtension):
 setup(
     ext_modules=[extension(), emulated_extension()],
     cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -1,4 +1,4 @@
-"""The benchmark grid and the work (flops) each configuration does."""
+"""The benchmark grids, and configurations given on the command line."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class Config:
     bidirectional: bool = False
     packed: bool = False  # random lengths in [T/2, T]
     proj: int = 0
+    batch_first: bool = False
 
     @property
     def name(self) -> str:
@@ -25,18 +26,30 @@ class Config:
             parts.append("packed")
         if self.proj:
             parts.append(f"proj={self.proj}")
+        if self.batch_first:
+            parts.append("batch_first")
         return ", ".join(parts)
 
-    def forward_flops(self, rows: int) -> int:
-        """Multiply-adds x2 of the products (the cell's elementwise work is not counted)."""
-        directions = 2 if self.bidirectional else 1
-        out = self.proj or self.H
-        flops = 0
-        for layer in range(self.layers):
-            inputs = self.I if layer == 0 else directions * out
-            per_row = 2 * 4 * self.H * (inputs + out) + 2 * self.H * out * bool(self.proj)
-            flops += directions * rows * per_row
-        return flops
+    @classmethod
+    def parse(cls, text: str) -> Config:
+        """From "B=5,T=40,I=24,H=48,layers=2,bidirectional,packed,proj=8,batch_first"
+        (B, T, I and H required)."""
+        sizes = {"B", "T", "I", "H", "layers", "proj"}
+        flags = {"bidirectional", "packed", "batch_first"}
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, _, value = item.partition("=")
+            if key in flags and not value:
+                values[key] = True
+            elif key in sizes and value.isdigit() and int(value) > 0:
+                values[key] = int(value)
+            else:
+                raise ValueError(f"{item!r}: expected one of {sorted(sizes)} as key=positive "
+                                 f"integer, or a flag among {sorted(flags)}")
+        missing = {"B", "T", "I", "H"} - values.keys()
+        if missing:
+            raise ValueError(f"{text!r} lacks {', '.join(sorted(missing))}")
+        return cls(**values)
 
 
 GRID = [
@@ -55,3 +68,11 @@ GRID = [
 ]
 # `make bench`: every kind of row, the smaller sizes.
 QUICK = [GRID[0], GRID[1], GRID[3], GRID[5], GRID[6], GRID[7], GRID[8]]
+
+# On a GPU: batches from one sequence (launches dominate) to 256, two hidden
+# sizes, short and long sequences, padded and packed.
+CUDA_GRID = [
+    *(Config(B, 100, H, H) for H in (256, 1024) for B in (1, 8, 64, 256)),
+    *(Config(B, 1000, H, H) for H in (256, 1024) for B in (8, 256)),
+    *(Config(64, 100, H, H, packed=True) for H in (256, 1024)),
+]

@@ -7,7 +7,8 @@ import ctypes
 import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.flop_counter import FlopCounterMode
 
 import lstm_ext
 
@@ -31,29 +32,33 @@ class CellLoop(nn.Module):
         return torch.stack(out), (h, c)
 
 
-def models(config: Config) -> dict[str, nn.Module]:
+def models(config: Config, dtype: torch.dtype, device: str) -> dict[str, nn.Module]:
     """nn.LSTM, lstm_ext.LSTM (same weights), and the cell loop where it applies."""
     torch.manual_seed(0)
     kwargs = dict(num_layers=config.layers, bidirectional=config.bidirectional,
-                  proj_size=config.proj)
+                  proj_size=config.proj, batch_first=config.batch_first)
     ref = nn.LSTM(config.I, config.H, **kwargs)
     ours = lstm_ext.LSTM(config.I, config.H, **kwargs)
     ours.load_state_dict(ref.state_dict())
     found = {"nn.LSTM": ref, "lstm_ext": ours}
-    if config.layers == 1 and not config.bidirectional and not config.proj and not config.packed:
+    if (config.layers == 1 and not config.bidirectional and not config.proj
+            and not config.packed and not config.batch_first):
         found["LSTMCell loop"] = CellLoop(ref)
-    return found
+    return {name: model.to(device, dtype) for name, model in found.items()}
 
 
-def inputs(config: Config):
-    """The input (padded or packed) and the number of rows of real work."""
+def inputs(config: Config, dtype: torch.dtype, device: str):
+    """The input (padded or packed), the number of rows of real work, and the
+    sequence lengths (None when padded)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(config.T, config.B, config.I, generator=gen)
+    shape = (config.B, config.T) if config.batch_first else (config.T, config.B)
+    x = torch.randn(*shape, config.I, generator=gen).to(device, dtype)
     if not config.packed:
-        return x.requires_grad_(), config.T * config.B
+        return x.requires_grad_(), config.T * config.B, None
     lengths = torch.randint(config.T // 2, config.T + 1, (config.B,), generator=gen)
-    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-    return packed._replace(data=packed.data.requires_grad_()), int(lengths.sum())
+    packed = pack_padded_sequence(x, lengths, batch_first=config.batch_first,
+                                  enforce_sorted=False)
+    return packed._replace(data=packed.data.requires_grad_()), int(lengths.sum()), lengths
 
 
 def _output(result):
@@ -82,6 +87,10 @@ def median_seconds(fn, min_run_time: float, label: str, sub_label: str, desc: st
 
 
 def forward_fn(model, x):
+    """Inference as it is run: eval mode (oneDNN and cuDNN then take their inference
+    forward) and no grad."""
+    model.eval()
+
     def run():
         with torch.no_grad():
             model(x)
@@ -89,9 +98,24 @@ def forward_fn(model, x):
 
 
 def training_fn(model, x):
+    """A training step: forward, backward and an in-place update of the parameters,
+    so that nothing tied to their versions carries over from one step to the next."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
+
     def run():
         _output(model(x)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
     return run
+
+
+def flops(fn) -> int:
+    """The FLOPs of one call as torch's FlopCounterMode counts them: lstm_ext's ops by
+    the formulas registered with it, so that the benchmark and the counter agree."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def _rss_peak_bytes() -> int:
@@ -119,8 +143,79 @@ def peak_memory_bytes(fn) -> int:
     return max(0, _rss_peak_bytes() - before)
 
 
-def mm_flops_per_second(config: Config, rows: int, min_run_time: float) -> float:
+def peak_cuda_memory_bytes(fn) -> int:
+    """Device memory one call adds at its peak, as the caching allocator counts it."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return max(0, torch.cuda.max_memory_allocated() - before)
+
+
+def mm_flops_per_second(config: Config, rows: int, dtype: torch.dtype, device: str,
+                        min_run_time: float) -> float:
     """torch.mm on this configuration's input projection: what BLAS reaches here."""
-    a, b = torch.randn(rows, config.I), torch.randn(config.I, 4 * config.H)
+    a = torch.randn(rows, config.I, dtype=dtype, device=device)
+    b = torch.randn(config.I, 4 * config.H, dtype=dtype, device=device)
     m = median_seconds(lambda: torch.mm(a, b), min_run_time, "mm", "", "")
     return 2 * rows * config.I * 4 * config.H / m.median
+
+
+def cuda_graph_forward_fn(model, x):
+    """The forward (no grad) captured once in a CUDA graph, replayed per call: no
+    Python and no launch overhead, what small batches are bound by otherwise."""
+    static = x
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):  # warm-up outside the capture: cuBLAS handles, workspaces
+            model(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        model(static)
+    return graph.replay
+
+
+def onnxruntime_forward_fn(model: nn.Module, x, lengths, threads: int, path):
+    """nn.LSTM exported to ONNX (the TorchScript exporter, which takes packed input)
+    and run by onnxruntime on `threads` threads; None where it cannot export the
+    model or onnxruntime cannot load it (nn.LSTM with proj_size). Its thread pool
+    does not spin between runs, so it takes no time from the torch timings that
+    alternate with it."""
+    import onnxruntime
+
+    if model.proj_size:  # refused by nn.LSTM's ONNX export, after printing its whole graph
+        return None
+    args = (x.detach(),) if lengths is None else (pad_packed_sequence(x)[0].detach(), lengths)
+    try:
+        torch.onnx.export(_Exportable(model, lengths is not None), args, str(path),
+                          dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001  (nn.LSTM's export fails on what it does not support)
+        return None
+    assert session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"
+    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    return lambda: session.run(None, feeds)
+
+
+class _Exportable(nn.Module):
+    """The LSTM's output (padded again for packed input: ONNX takes packing only in
+    pairs, as sequence lengths of its LSTM operator)."""
+
+    def __init__(self, lstm: nn.Module, packed: bool):
+        super().__init__()
+        self.lstm, self.packed = lstm, packed
+
+    def forward(self, x, lengths=None):
+        if not self.packed:
+            return self.lstm(x)[0]
+        out = self.lstm(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
+        return pad_packed_sequence(out)[0]

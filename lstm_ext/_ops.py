@@ -3,7 +3,7 @@
 import torch
 
 from . import _C  # noqa: F401  (importing it registers torch.ops.lstm_ext)
-from . import _autograd, _vmap
+from . import _autograd, _flops, _vmap
 
 lstm_layer = torch.ops.lstm_ext.lstm_layer.default
 lstm_layer_inference = torch.ops.lstm_ext.lstm_layer_inference.default
@@ -91,7 +91,7 @@ _libraries = {}
 
 
 def register(namespace: str):
-    """Registers the fake, autograd and vmap rules of the ops in `namespace`:
+    """Registers the fake, autograd and vmap rules and FLOP formulas of the ops in `namespace`:
     lstm_ext's, and those of lstm_ext_emu (the emulated CUDA build the tests
     load), which has the same schemas. Returns the layer's entry point (the
     op's signature), which works under every torch.func transform."""
@@ -110,6 +110,7 @@ def register(namespace: str):
                                 _vmap.backward_rule(ops.lstm_layer_backward.default), lib=lib)
     torch.library.register_vmap(f"{namespace}::lstm_layer_jvp",
                                 _vmap.jvp_rule(ops.lstm_layer_jvp.default), lib=lib)
+    _flops.register(namespace)
     return entry
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _onnx, _ops
 from ._checks import check_lstm_args, weights_per_group
 
 
@@ -45,11 +45,14 @@ def lstm_layer(
         each sequence's state after its own last step.
     """
     padded = batch_sizes is None
+    if padded and input.dim() != 3:
+        raise ValueError(
+            f"lstm_layer: padded input must be 3-D (T, B, I), got shape {tuple(input.shape)}"
+        )
+    if torch.onnx.is_in_onnx_export():
+        return _onnx.lstm_layer(input, hx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes=batch_sizes,
+                                reverse=reverse)
     if padded:
-        if input.dim() != 3:
-            raise ValueError(
-                f"lstm_layer: padded input must be 3-D (T, B, I), got shape {tuple(input.shape)}"
-            )
         steps, batch = input.shape[0], input.shape[1]
         x, batch_sizes = _as_packed(input)
     else:
@@ -111,6 +114,10 @@ def lstm(
     per_group = weights_per_group(weights, groups, bias)
     packed = batch_sizes is not None
     check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
+    if torch.onnx.is_in_onnx_export():
+        return _onnx.lstm(input, hx, weights, bias=bias, num_layers=num_layers,
+                          bidirectional=bidirectional, batch_first=batch_first, dropout=dropout,
+                          training=training, batch_sizes=batch_sizes)
 
     if packed:
         x, batch = input, None
@@ -131,7 +138,9 @@ def lstm(
             for direction in range(directions):
                 k = layer * directions + direction
                 group = weights[k * per_group : (k + 1) * per_group]
-                y, h, c = run(x, batch_sizes, h0[k], c0[k], *_unpack(group, bias), direction == 1)
+                with _profiler_label(layer, direction):
+                    y, h, c = run(x, batch_sizes, h0[k], c0[k], *_unpack(group, bias),
+                                  direction == 1)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
@@ -164,7 +173,7 @@ def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
 def _as_packed(input: Tensor) -> tuple[Tensor, Tensor]:
     """A padded (T, B, I) tensor is the packed layout with batch_sizes [B] * T."""
     steps, batch = input.shape[0], input.shape[1]
-    batch_sizes = torch.full((steps,), batch, dtype=torch.int64)
+    batch_sizes = torch.full((steps,), batch, dtype=torch.int64, device="cpu")
     return input.reshape(steps * batch, input.shape[2]), batch_sizes
 
 
@@ -189,10 +198,22 @@ def _unpack(group: Sequence[Tensor], bias: bool):
     return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
+def _profiler_label(layer: int, direction: int):
+    """A profiler range naming the layer and direction, as nn.LSTM's parameters are
+    named ("layer 1 reverse" for weight_hh_l1_reverse's). Only while a profiler runs:
+    otherwise entering a range would cost a dispatcher call per layer."""
+    if not torch.autograd.profiler._is_profiler_enabled:
+        return contextlib.nullcontext()
+    name = f"lstm_ext.lstm layer {layer}{' reverse' if direction else ''}"
+    return torch.autograd.profiler.record_function(name)
+
+
 def _autocast_rule(x: Tensor, packed: bool):
     """Autocast as torch.lstm has it: padded input runs in autocast's dtype (the
     op's own autocast rule casts it); the packed overload is not on autocast's
     list, so packed input runs in its own dtype."""
-    if packed and torch.is_autocast_enabled(x.device.type):
-        return torch.autocast(x.device.type, enabled=False)
+    device = x.device.type
+    # Meta has no autocast at all (and torch.amp.is_autocast_available breaks Dynamo's graph).
+    if packed and device != "meta" and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
     return contextlib.nullcontext()

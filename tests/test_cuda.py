@@ -10,7 +10,10 @@ import torch
 
 import lstm_ext
 from autograd_modes import fused_only, no_vmap_loops
-from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
+from module_reference import ModuleProblem, assert_same_results
+from module_reference import twins as module_twins
+from reference import Case, Problem, assert_same, in_both_directions_and_dtypes, tolerance
+from test_module import GRID as MODULE_GRID
 from test_autograd_modes import primals_and_tangents
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
 
@@ -69,6 +72,40 @@ def test_reduced_precision_matches_cpu_op(dtype, reverse):
         torch.testing.assert_close(a, b, **tol)
     for a, b in zip(torch.autograd.grad(gpu.loss, leaves), torch.autograd.grad(cpu.loss, leaves)):
         torch.testing.assert_close(a, b, **tol)
+
+
+class OnDevice(torch.nn.Module):
+    """lstm_ext.LSTM on `device`, taking and returning CPU tensors (and packed
+    sequences): gradients flow back through the moves."""
+
+    def __init__(self, lstm, device):
+        super().__init__()
+        self.lstm, self.device = lstm.to(device), device
+
+    def forward(self, input, hx=None):
+        hx = None if hx is None else tuple(t.to(self.device) for t in hx)
+        output, (h_n, c_n) = self.lstm(input.to(self.device), hx)
+        return output.to("cpu"), (h_n.to("cpu"), c_n.to("cpu"))
+
+
+def run_module_on(device, module, problem):
+    run = problem.run(OnDevice(module, device))
+    run.grads = {name.removeprefix("lstm."): g.to("cpu") for name, g in run.grads.items()}
+    return run
+
+
+MODULE_CASES = [c for c in MODULE_GRID if c.layers < 3 and c.batch_first == (c.bias is False)]
+
+
+@pytest.mark.parametrize("case", MODULE_CASES, ids=str)
+def test_module_matches_nn_lstm(case):
+    """lstm_ext.LSTM on the GPU against nn.LSTM on the CPU: outputs, final states, every
+    gradient (layers, bidirectional, batch_first, bias, proj_size, padded, packed,
+    unbatched, hx)."""
+    ref, ours = module_twins(case)
+    problem = ModuleProblem(case)
+    assert_same_results(run_module_on("cuda", ours, problem), problem.run(ref),
+                        **tolerance(case.dtype))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)

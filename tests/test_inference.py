@@ -33,7 +33,7 @@ def case_id(case):
 def ops_called(fn):
     with torch.profiler.profile() as prof:
         fn()
-    return {e.name for e in prof.events() if e.name.startswith("lstm_ext")}
+    return {e.name for e in prof.events() if e.name.startswith("lstm_ext::")}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
