@@ -33,7 +33,7 @@ SAN_DIR := build/sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 sanitize: $(VENV)/.deps
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
-	cp -r csrc lstm_ext tests examples benchmarks setup.py pyproject.toml README.md $(SAN_DIR)/
+	cp -r .ci csrc lstm_ext tests examples benchmarks setup.py pyproject.toml README.md $(SAN_DIR)/
 	rm -f $(SAN_DIR)/lstm_ext/*.so
 	cd $(SAN_DIR) && LSTM_EXT_CUDA=0 CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" \
 		$(abspath $(PY)) setup.py --quiet build_ext --inplace

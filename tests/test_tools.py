@@ -99,6 +99,8 @@ def fake_gpu(monkeypatch, tmp_path):
                             get_device_name=lambda i=0: "NVIDIA H100 (dry run)").items():
         monkeypatch.setattr(torch.cuda, name, value)
     monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "13.0")
+    # Loading cuDNN is a device library call too (and aborts under AddressSanitizer).
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
 
 
 TEST_OUTCOMES = {
