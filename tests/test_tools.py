@@ -58,17 +58,22 @@ def test_bench_runs_custom_configs_and_records_them(dtype, tmp_path):
     assert (tmp_path / "bench.md").read_text().count("| B=") == 4
 
 
+def fake_nvidia_smi(tmp_path) -> pathlib.Path:
+    """A folder holding an nvidia-smi that lists one GPU."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-fake)'\n")
+    smi.chmod(0o755)
+    return smi.parent
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     """Both ways a machine can lack a GPU: no nvidia-smi, or one that lists a GPU torch
     cannot see."""
-    fake = tmp_path / "bin" / "nvidia-smi"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'GPU 0: Imaginary (UUID: GPU-0)'\n")
-    fake.chmod(0o755)
     # A CPU-only torch says so before it is asked for GPUs.
     for path, message in ((str(tmp_path / "empty"), "no nvidia-smi"),
-                          (str(fake.parent),
+                          (str(fake_nvidia_smi(tmp_path)),
                            "sees no GPU" if torch.version.cuda else "not a CUDA build")):
         start = time.monotonic()
         done = subprocess.run([sys.executable, str(ROOT / ".ci" / "gpu_check.py")],
@@ -89,11 +94,7 @@ def load_gpu_check():
 
 def fake_gpu(monkeypatch, tmp_path):
     """torch.cuda answering as for one H100, and an nvidia-smi that lists it."""
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-dry-run)'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     for name, value in dict(is_available=lambda: True, device_count=lambda: 1,
                             get_device_capability=lambda i=0: (9, 0),
                             get_device_name=lambda i=0: "NVIDIA H100 (dry run)").items():
