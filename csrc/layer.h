@@ -33,6 +33,12 @@
 // Weights are laid out once per call (weights()), so that the loop only
 // multiplies them in the form its executor's products want.
 //
+// Two types: Ex::scalar_t, the storage type of the products' operands (x, the
+// weights, h, the gate gradients), and Ex::math_t, that of the products'
+// results, the cell math, c and every gradient (float for the native
+// bfloat16/float16 path, otherwise scalar_t). h_t is rounded to scalar_t once,
+// by the cell pass that makes it.
+//
 // Gates (the per-row buffers of 4H) are in the executor's gate order
 // (gate_order in lstm.h, with groups of gate_group(H) units): the gates of
 // units [u0, u1) are the columns [4 u0, 4 u1) when u0 and u1 are multiples of
@@ -46,18 +52,31 @@
 #include "lstm.h"
 
 #include <ATen/ops/add.h>
+#include <c10/core/ScalarType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace lstm_ext {
 
 template <typename scalar_t>
 scalar_t* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+// The executor's math type, and t (which may be undefined) in it.
+template <typename Ex>
+at::ScalarType math_dtype() {
+  return c10::CppTypeToScalarType<typename Ex::math_t>::value;
+}
+
+template <typename Ex>
+Tensor to_math(const Tensor& t) {
+  return t.defined() ? t.to(math_dtype<Ex>()) : t;
 }
 
 // Row b of the result is sequence b's row of its last processed step in
@@ -164,10 +183,10 @@ void for_each_chunk_of_units(const Ex& ex, int64_t rows, int64_t H, int64_t u0, 
 // gates_t (the step's rows, row stride 4H) += h_{t-1} W_hh^T, h_{t-1} being
 // rows of the previously processed step's `out` (at prev) or of `out0` (row
 // stride P).
-template <typename Ex, typename scalar_t>
+template <typename Ex, typename scalar_t, typename math_t>
 void recurrent_product(Ex& ex, const StepRows& r, int64_t a, int64_t b, int64_t P, int64_t G,
                        const scalar_t* out, const scalar_t* out0, const scalar_t* w_hh_t,
-                       scalar_t* gates_t) {
+                       math_t* gates_t) {
   const scalar_t* w = ex.column(w_hh_t, P, 4 * a);
   ex.step_gemm(r.split - r.first, 4 * (b - a), P, out + (r.prev + r.first) * P, P, w, G,
                gates_t + r.first * G + 4 * a, G, true);
@@ -215,33 +234,40 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
                        bool save) {
   using scalar_t = typename Ex::scalar_t;
+  using math_t = typename Ex::math_t;
+  constexpr bool narrowed = !std::is_same_v<scalar_t, math_t>;
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
-  const auto opts = x.options();
+  const auto opts = x.options(), math_opts = opts.dtype(math_dtype<Ex>());
 
   const Tensor w_ih_t = ex.weights(w_ih.t(), Gates::columns);
   const Tensor w_hh_t = ex.weights(w_hh.t(), Gates::columns);
   const Tensor w_hr_t = w_hr.has_value() ? ex.weights(w_hr->t(), Gates::none) : Tensor();
-  const Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
-                      : b_ih.has_value()                    ? *b_ih
-                      : b_hh.has_value()                    ? *b_hh
-                                                            : Tensor();
+  const Tensor bias = b_ih.has_value() && b_hh.has_value()
+                          ? at::add(to_math<Ex>(*b_ih), to_math<Ex>(*b_hh))
+                      : b_ih.has_value() ? to_math<Ex>(*b_ih)
+                      : b_hh.has_value() ? to_math<Ex>(*b_hh)
+                                         : Tensor();
+  const Tensor c0_m = to_math<Ex>(c0);
   // A block's rows start as their input projection; each step adds h W_hh^T,
   // and its cell pass adds the bias and leaves the activated gates.
   const int64_t block_rows = save ? d.rows : std::max(kWorkspace / G, d.batch);
-  Tensor gates = at::empty({std::min(block_rows, d.rows), G}, opts);
+  Tensor gates = at::empty({std::min(block_rows, d.rows), G}, math_opts);
   Tensor y = at::empty({d.rows, P}, opts);
-  Tensor cells = at::empty({save ? d.rows : d.batch, H}, opts);
-  // With a projection, h_t before it; row r belongs to sequence r.
+  Tensor cells = at::empty({save ? d.rows : d.batch, H}, math_opts);
+  // With a projection, h_t before it; row r belongs to sequence r. Narrowed,
+  // the projection's product comes to y_wide before its rounding into y.
   Tensor h_raw = w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor();
+  Tensor y_wide = w_hr.has_value() && narrowed ? at::empty({d.batch, P}, math_opts) : Tensor();
 
-  scalar_t* gates_p = ptr<scalar_t>(gates);
-  scalar_t* cells_p = ptr<scalar_t>(cells);
+  math_t* gates_p = ptr<math_t>(gates);
+  math_t* cells_p = ptr<math_t>(cells);
   scalar_t* y_p = ptr<scalar_t>(y);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
+  math_t* y_wide_p = ptr<math_t>(y_wide);
   const scalar_t* x_p = ptr<scalar_t>(x);
   const scalar_t* h0_p = ptr<scalar_t>(h0);
-  const scalar_t* c0_p = ptr<scalar_t>(c0);
-  const scalar_t* bias_p = ptr<scalar_t>(bias);
+  const math_t* c0_p = ptr<math_t>(c0_m);
+  const math_t* bias_p = ptr<math_t>(bias);
   const scalar_t* w_ih_t_p = ptr<scalar_t>(w_ih_t);
   const scalar_t* w_hh_t_p = ptr<scalar_t>(w_hh_t);
   const scalar_t* w_hr_t_p = ptr<scalar_t>(w_hr_t);
@@ -260,11 +286,11 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
     ex.sequence_gemm(rows, G, d.input, x_p + row0 * d.input, d.input, w_ih_t_p, gates_p, G,
                      false);
     const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
-      scalar_t* gates_t = gates_p + (r.off - row0) * G;
+      math_t* gates_t = gates_p + (r.off - row0) * G;
       // Saving, row r's c_t goes to its own row of cells; otherwise to row r
       // of the per-sequence c, which held its c_{t-1}.
-      scalar_t* c_prev = save ? cells_p + r.prev * H : cells_p;
-      scalar_t* c_out = save ? cells_p + r.off * H : cells_p;
+      math_t* c_prev = save ? cells_p + r.prev * H : cells_p;
+      math_t* c_out = save ? cells_p + r.off * H : cells_p;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
         recurrent_product(ex, r, a, b, P, G, y_p, h0_p, w_hh_t_p, gates_t);
         ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t, bias_p, c_prev, c0_p,
@@ -272,8 +298,16 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       });
     };
     const auto projection = [&](const StepRows& r, int64_t p0, int64_t p1) {
-      ex.step_gemm(r.rows - r.first, p1 - p0, H, h_raw_p + r.first * H, H,
-                   ex.column(w_hr_t_p, H, p0), P, y_p + (r.off + r.first) * P + p0, P, false);
+      const int64_t rows = r.rows - r.first;
+      scalar_t* y_t = y_p + (r.off + r.first) * P + p0;
+      const scalar_t* w = ex.column(w_hr_t_p, H, p0);
+      if constexpr (narrowed) {
+        math_t* wide = y_wide_p + r.first * P + p0;
+        ex.step_gemm(rows, p1 - p0, H, h_raw_p + r.first * H, H, w, P, wide, P, false);
+        ex.narrow(y_t, P, wide, P, rows, p1 - p0);
+      } else {
+        ex.step_gemm(rows, p1 - p0, H, h_raw_p + r.first * H, H, w, P, y_t, P, false);
+      }
     };
     run_steps(ex, steps, begin, end, false, flops_per_row, H,
               phase(H, ex.unit_align(), gates_and_cells),
@@ -281,7 +315,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   }
   Tensor h_n = final_state<Ex, scalar_t>(ex, steps, y, d.batch);
   if (!save) return {y, h_n, cells, Tensor(), Tensor()};
-  return {y, h_n, final_state<Ex, scalar_t>(ex, steps, cells, d.batch), gates, cells};
+  return {y, h_n, final_state<Ex, math_t>(ex, steps, cells, d.batch), gates, cells};
 }
 
 // `groups` as in the backward op's schema: the weight and bias gradients of
@@ -294,45 +328,49 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                           const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
                           const Tensor& gates, const Tensor& cells, int64_t groups) {
   using scalar_t = typename Ex::scalar_t;
+  using math_t = typename Ex::math_t;
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
-  const auto opts = x.options();
+  const auto opts = x.options(), math_opts = opts.dtype(math_dtype<Ex>());
   const bool proj = w_hr.has_value();
 
-  const Tensor dy_c = dy.has_value() ? dy->contiguous() : at::zeros({d.rows, P}, opts);
+  const Tensor dy_c =
+      dy.has_value() ? to_math<Ex>(*dy).contiguous() : at::zeros({d.rows, P}, math_opts);
   // Per sequence, the gradient flowing into its latest-processed state: they
   // start as dh_n and dc_n and end as dh0 and dc0.
-  Tensor dh = dh_n.has_value() ? dh_n->clone(at::MemoryFormat::Contiguous)
-                               : at::zeros({d.batch, P}, opts);
-  Tensor dc = dc_n.has_value() ? dc_n->clone(at::MemoryFormat::Contiguous)
-                               : at::zeros({d.batch, H}, opts);
+  Tensor dh = dh_n.has_value() ? to_math<Ex>(*dh_n).clone(at::MemoryFormat::Contiguous)
+                               : at::zeros({d.batch, P}, math_opts);
+  Tensor dc = dc_n.has_value() ? to_math<Ex>(*dc_n).clone(at::MemoryFormat::Contiguous)
+                               : at::zeros({d.batch, H}, math_opts);
+  const Tensor c0_m = to_math<Ex>(c0);
   // The steps go in blocks, in the workspaces below; each block's share of
   // the input, weight and bias gradients is taken before the next.
   const int64_t block_rows = std::max(kWorkspace / G, d.batch);
   const int64_t workspace_rows = std::min(block_rows, d.rows);
+  // The gate gradients and, with a projection, the total dL/dy and h_t before
+  // it, per row of a block, are operands of products (scalar_t); dL/dh_t
+  // before the projection, per sequence, is a product's result.
   Tensor dgates = at::empty({workspace_rows, G}, opts);
-  // With a projection: the total dL/dy and h_t before it, per row of a block,
-  // and dL/dh_t before it per sequence.
   Tensor dy_total = proj ? at::empty({workspace_rows, P}, opts) : Tensor();
   Tensor h_raw = mask.proj ? at::empty({workspace_rows, H}, opts) : Tensor();
-  Tensor dh_raw = proj ? at::empty({d.batch, H}, opts) : Tensor();
+  Tensor dh_raw = proj ? at::empty({d.batch, H}, math_opts) : Tensor();
 
-  const scalar_t* dy_p = ptr<scalar_t>(dy_c);
-  scalar_t* dh_p = ptr<scalar_t>(dh);
-  scalar_t* dc_p = ptr<scalar_t>(dc);
+  const math_t* dy_p = ptr<math_t>(dy_c);
+  math_t* dh_p = ptr<math_t>(dh);
+  math_t* dc_p = ptr<math_t>(dc);
   scalar_t* dgates_p = ptr<scalar_t>(dgates);
   scalar_t* dy_total_p = ptr<scalar_t>(dy_total);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
-  scalar_t* dh_raw_p = ptr<scalar_t>(dh_raw);
-  const scalar_t* c0_p = ptr<scalar_t>(c0);
-  const scalar_t* gates_p = ptr<scalar_t>(gates);
-  const scalar_t* cells_p = ptr<scalar_t>(cells);
+  math_t* dh_raw_p = ptr<math_t>(dh_raw);
+  const math_t* c0_p = ptr<math_t>(c0_m);
+  const math_t* gates_p = ptr<math_t>(gates);
+  const math_t* cells_p = ptr<math_t>(cells);
   const Tensor w_hh_b = ex.weights(w_hh, Gates::rows);
   const Tensor w_hr_b = proj ? ex.weights(*w_hr, Gates::none) : Tensor();
   const Tensor w_ih_b = mask.input ? ex.weights(w_ih, Gates::rows) : Tensor();
   const scalar_t* w_hh_p = ptr<scalar_t>(w_hh_b);
   const scalar_t* w_hr_p = ptr<scalar_t>(w_hr_b);
 
-  Tensor dx = mask.input ? at::empty({d.rows, d.input}, opts) : Tensor();
+  Tensor dx = mask.input ? at::empty({d.rows, d.input}, math_opts) : Tensor();
   Tensor dw_ih, dw_hh, db, dw_hr;
   // C[g] (+)= A[g]^T B[g] over `rows` rows of each problem g: A and B are
   // (rows, m) and (rows, n), and a problem's rows are every groups-th one.
@@ -340,11 +378,11 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                                const scalar_t* b) {
     const bool accumulate = c.defined();
     if (!accumulate) {
-      c = groups > 1 ? at::empty({groups, m, n}, opts) : at::empty({m, n}, opts);
+      c = groups > 1 ? at::empty({groups, m, n}, math_opts) : at::empty({m, n}, math_opts);
     }
     for (int64_t g = 0; g < groups; ++g) {
       ex.weight_gemm(m, n, rows / groups, a + g * m, m * groups, b + g * n, n * groups,
-                     ptr<scalar_t>(c) + g * m * n, n, accumulate);
+                     ptr<math_t>(c) + g * m * n, n, accumulate);
     }
   };
 
@@ -391,7 +429,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
 
     if (mask.input) {
       ex.sequence_gemm(rows, d.input, G, dgates_p, G, ptr<scalar_t>(w_ih_b),
-                       ptr<scalar_t>(dx) + row0 * d.input, d.input, false);
+                       ptr<math_t>(dx) + row0 * d.input, d.input, false);
     }
     if (mask.weights) {
       weight_grad(dw_ih, G, d.input, rows, dgates_p, ptr<scalar_t>(x) + row0 * d.input);
@@ -405,8 +443,9 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
     }
     if (mask.bias) {
       const Tensor block = dgates.narrow(0, 0, rows);
-      const Tensor sum =
-          groups > 1 ? block.view({rows / groups, groups, G}).sum(0) : block.sum(0);
+      const auto dtype = math_dtype<Ex>();
+      const Tensor sum = groups > 1 ? block.view({rows / groups, groups, G}).sum({0}, false, dtype)
+                                    : block.sum({0}, false, dtype);
       db = db.defined() ? db.add_(sum) : sum;
     }
     if (mask.proj) weight_grad(dw_hr, P, H, rows, dy_total_p, h_raw_p);

@@ -98,7 +98,7 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batc
 // Checks each tangent against the input it belongs to.
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj);
 
-// float16 and bfloat16 run in float inside (see op.h).
+// float16 and bfloat16: products natively or upcast, the rest in float (op.h).
 inline bool is_reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 // The dtype of the saved gates and cells for inputs of dtype t.
 inline at::ScalarType saved_dtype(at::ScalarType t) {

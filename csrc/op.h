@@ -1,9 +1,11 @@
 #pragma once
 // The ops as every device runs them: argument checks, contiguous operands,
-// float16 and bfloat16 computed in float (fp32 math, fp32 cell state, saved
-// gates and cells kept in float), then dtype dispatch into layer.h with the
-// device's executor. A device's lstm.cpp/.cu only registers Kernels with its
-// executor.
+// then dtype dispatch into layer.h with the device's executor. float16 and
+// bfloat16 run natively (products on operands of that type, the rest in
+// float: layer.h) where the device's executor says so (native_products),
+// otherwise in float on upcast copies; the saved gates and cells are float
+// either way, and the tangents (forward mode) always run upcast. A device's
+// lstm.cpp/.cu only registers Kernels with its executor.
 
 #include "layer.h"
 
@@ -23,6 +25,30 @@ inline Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
 }
 
+// Whether the executor runs a float16/bfloat16 layer natively: one whose
+// kNative16 says it can (its 16-bit executors exist), when its
+// native_products(dtype) says so.
+template <template <typename> class Executor>
+bool native(at::ScalarType dtype) {
+  if constexpr (Executor<float>::kNative16) {
+    return is_reduced_precision(dtype) && Executor<float>::native_products(dtype);
+  } else {
+    return false;
+  }
+}
+
+// Calls fn with a value of the C++ type of dtype (floating, or 16-bit when the
+// executor can run it natively).
+template <template <typename> class Executor, typename Fn>
+void dispatch(at::ScalarType dtype, const Fn& fn) {
+  if constexpr (Executor<float>::kNative16) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "lstm_ext",
+                                    [&] { fn(scalar_t()); });
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_ext", [&] { fn(scalar_t()); });
+  }
+}
+
 // `save`: for a backward (layer_forward's).
 template <template <typename> class Executor>
 LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
@@ -32,7 +58,7 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
   const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_device_and_dtype(x, device);
   const auto dtype = x.scalar_type();
-  if (is_reduced_precision(dtype)) {
+  if (is_reduced_precision(dtype) && !native<Executor>(dtype)) {
     auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
         device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
         w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(b_ih), to_float(b_hh), to_float(w_hr),
@@ -41,12 +67,14 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
   }
   const Steps steps(batch_sizes.contiguous(), reverse);
   LayerOut out;
-  AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_layer", [&] {
-    Executor<scalar_t> ex;
+  dispatch<Executor>(dtype, [&](auto type) {
+    Executor<decltype(type)> ex;
     out = layer_forward(ex, d, steps, x.contiguous(), h0.contiguous(), c0.contiguous(),
                         w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
                         contiguous(w_hr), save);
   });
+  // Natively, c is float inside.
+  std::get<2>(out) = std::get<2>(out).to(dtype);
   return out;
 }
 
@@ -63,7 +91,7 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
   check_saved(d, x, y, gates, cells);
   check_backward_args(d, x, batch_sizes, dy, dh_n, dc_n, groups);
   const auto dtype = x.scalar_type();
-  if (is_reduced_precision(dtype)) {
+  if (is_reduced_precision(dtype) && !native<Executor>(dtype)) {
     auto grads = backward_op<Executor>(
         device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
         h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
@@ -74,14 +102,15 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
   const GradMask mask = grad_mask(output_mask, w_hr.has_value());
   const Steps steps(batch_sizes.contiguous(), reverse);
   LayerGrads grads;
-  AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_layer_backward", [&] {
-    Executor<scalar_t> ex;
+  dispatch<Executor>(dtype, [&](auto type) {
+    Executor<decltype(type)> ex;
     grads = layer_backward(ex, d, steps, mask, dy, dh_n, dc_n, x.contiguous(), h0.contiguous(),
                            c0.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
                            contiguous(w_hr), y.contiguous(), gates.contiguous(),
                            cells.contiguous(), groups);
   });
-  return grads;
+  // Natively, the gradients are float inside.
+  return std::apply([&](const auto&... g) { return LayerGrads{to_dtype(g, dtype)...}; }, grads);
 }
 
 template <typename Fn>

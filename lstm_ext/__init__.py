@@ -6,7 +6,7 @@ from .functional import lstm, lstm_layer
 from .module import LSTM
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "cpu_kernels", "lstm", "lstm_layer", "__version__"]
+__all__ = ["LSTM", "cpu_kernels", "cpu_native", "lstm", "lstm_layer", "__version__"]
 
 
 def cpu_kernels() -> str:
@@ -14,3 +14,13 @@ def cpu_kernels() -> str:
     "default", the best this CPU has (as ATen reads it), or the level
     ATEN_CPU_CAPABILITY asks for, if lower."""
     return torch.ops.lstm_ext.cpu_kernels()
+
+
+def cpu_native(dtype: torch.dtype) -> bool:
+    """Whether `dtype` (bfloat16 or float16) layers run natively on this CPU:
+    products on operands of that dtype with float32 accumulation, on the CPU's
+    dot products of it (AVX512_BF16 or AMX-BF16; AVX512_FP16 or AMX-FP16), as
+    oneDNN runs them. Otherwise they run in float32 on upcast copies.
+    LSTM_EXT_CPU_NATIVE=0 in the environment turns the native path off, and so
+    do ATEN_CPU_CAPABILITY below avx512 and torch.backends.mkldnn turned off."""
+    return torch.ops.lstm_ext.cpu_native(dtype)

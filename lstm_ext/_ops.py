@@ -12,7 +12,7 @@ lstm_layer_jvp = torch.ops.lstm_ext.lstm_layer_jvp.default
 
 
 def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 and bfloat16 run in float inside; the saved gates and cells stay float."""
+    """float16 and bfloat16 keep their saved gates and cells in float (op.h)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 

@@ -13,7 +13,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import lstm_ext
 from reference import tolerance
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# bfloat16 is checked against nn.LSTM in float64 on the same (rounded) values:
+# nn.LSTM's own bfloat16 run has errors of the same size as ours.
+BFLOAT16_TOLERANCE = dict(rtol=3e-2, atol=3e-2)
 LAYOUTS = ("contiguous", "transposed", "expanded", "sliced")
 
 
@@ -37,6 +40,7 @@ class ModuleCase:
     mutation: str = ""  # for invalid cases: what to break
     split: int = -1  # how the CPU shares a step between 2 threads: -1 as it chooses,
     # 0 by sequences, 1 by hidden units
+    native: bool = True  # bfloat16: the native path where the CPU has it, else upcast
 
 
 def _tensor(shape, layout, dtype, gen):
@@ -57,6 +61,21 @@ def _tensor(shape, layout, dtype, gen):
     return leaf, leaf
 
 
+class InFloat64(nn.Module):
+    """nn.LSTM in float64 on inputs and states of a lower precision."""
+
+    def __init__(self, lstm):
+        super().__init__()
+        self.lstm = lstm.double()
+
+    def forward(self, x, hx):
+        if isinstance(x, PackedSequence):
+            x = x._replace(data=x.data.double())
+        else:
+            x = x.double()
+        return self.lstm(x, None if hx is None else tuple(t.double() for t in hx))
+
+
 def _modules(c: ModuleCase):
     torch.manual_seed(c.seed)
     kwargs = dict(num_layers=c.layers, bias=c.bias, batch_first=c.batch_first,
@@ -64,6 +83,8 @@ def _modules(c: ModuleCase):
     ref = nn.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
     ours = lstm_ext.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
     ours.load_state_dict(ref.state_dict())
+    if DTYPES[c.dtype] == torch.bfloat16:
+        ref = InFloat64(ref)
     return ref, ours
 
 
@@ -109,8 +130,9 @@ def _run(module, params, x, hx, gen_seed):
     out, (h_n, c_n) = torch.func.functional_call(module, params, (x, hx))
     y = out.data if isinstance(out, PackedSequence) else out
     gen = torch.Generator().manual_seed(gen_seed)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum()
-               for t in (y, h_n, c_n))
+    # The same weights whatever t's dtype: drawn in float64, bfloat16 values.
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64)
+                .to(torch.bfloat16).to(t.dtype)).sum() for t in (y, h_n, c_n))
     return y, h_n, c_n, loss
 
 
@@ -119,7 +141,9 @@ def check_valid(c: ModuleCase) -> None:
     and without grad (lstm_ext's inference path) the same outputs and states."""
     torch.set_num_threads(2)
     torch.ops.lstm_ext._cpu_split(c.split)
-    tol = tolerance(DTYPES[c.dtype])
+    torch.ops.lstm_ext._cpu_native_off(not c.native)
+    reduced = DTYPES[c.dtype] == torch.bfloat16
+    tol = BFLOAT16_TOLERANCE if reduced else tolerance(DTYPES[c.dtype])
     ref, ours = _modules(c)
     results = []
     for module in (ref, ours):
@@ -130,7 +154,7 @@ def check_valid(c: ModuleCase) -> None:
         grads = torch.autograd.grad(loss, leaves + weight_leaves)
         with torch.no_grad():  # lstm_ext: the inference path
             inference = _run(module, params, x, hx, c.seed)[:3]
-        results.append((y, h_n, c_n, *grads, *inference))
+        results.append([t.double() if reduced else t for t in (y, h_n, c_n, *grads, *inference)])
     for i, (a, b) in enumerate(zip(*results)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
 

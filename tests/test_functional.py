@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import lstm_ext
+from cpu_native import reduced_path
 
 L, D, T, B, I, H = 2, 2, 4, 3, 5, 6
 
@@ -94,8 +95,9 @@ def test_bad_arguments_raise_before_any_work(weights, kwargs, error, message, mo
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("packed", [False, True])
 def test_reduced_precision_layer_is_the_float32_layer_rounded(dtype, packed):
-    """bfloat16/float16 run the float32 op on the exactly upcast values and round its
-    results once: float32 accumulation and cell state throughout the layer."""
+    """On the upcast path, bfloat16/float16 run the float32 op on the exactly upcast
+    values and round its results once: float32 accumulation and cell state
+    throughout the layer (the native path: tests/test_cpu_native.py)."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(7, I) if packed else (T, B, I), (B, 3), (B, H), (4 * H, I), (4 * H, 3),
               (4 * H,), (4 * H,), (3, H)]
@@ -105,7 +107,8 @@ def test_reduced_precision_layer_is_the_float32_layer_rounded(dtype, packed):
     def layer(x, h0, c0, *w):
         return lstm_ext.lstm_layer(x, (h0, c0), *w, batch_sizes=batch_sizes, reverse=True)
 
-    y, (h_n, c_n) = layer(*args)
+    with reduced_path("upcast"):
+        y, (h_n, c_n) = layer(*args)
     y32, (h32, c32) = layer(*(a.float() for a in args))
     for a, b in ((y, y32), (h_n, h32), (c_n, c32)):
         assert a.dtype == dtype and torch.equal(a, b.to(dtype))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lstm_ext
+from cpu_native import reduced_path
 from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
 
 SHAPES = [
@@ -66,8 +67,9 @@ def test_hx_none_is_zeros():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_reduced_precision_computes_in_float(dtype, reverse):
-    """float16/bfloat16 inputs give exactly what float32 gives on the same
-    (rounded) values, cast back: the math and the cell state are float inside."""
+    """On the upcast path, float16/bfloat16 inputs give exactly what float32 gives
+    on the same (rounded) values, cast back: the math and the cell state are float
+    inside (the native path rounds h each step: test_cpu_native.py)."""
     problem = Problem(Case(T=6, B=4, packed=True, proj=3, reverse=reverse, dtype=torch.float32))
     for leaf in problem.leaves():
         leaf.data = leaf.data.to(dtype).float()
@@ -80,10 +82,11 @@ def test_reduced_precision_computes_in_float(dtype, reverse):
     d = problem.direction
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, problem.lengths, enforce_sorted=False)
     order, unorder = packed.sorted_indices, packed.unsorted_indices
-    y, (h_n, c_n) = lstm_ext.lstm_layer(
-        packed.data, (h0[d][order], c0[d][order]), *w[:4], w[4],
-        batch_sizes=packed.batch_sizes, reverse=reverse,
-    )
+    with reduced_path("upcast"):
+        y, (h_n, c_n) = lstm_ext.lstm_layer(
+            packed.data, (h0[d][order], c0[d][order]), *w[:4], w[4],
+            batch_sizes=packed.batch_sizes, reverse=reverse,
+        )
     assert y.dtype == h_n.dtype == c_n.dtype == dtype
     torch.testing.assert_close(y, full.y.to(dtype), rtol=0, atol=0)
     torch.testing.assert_close(h_n[unorder], full.h_n.to(dtype), rtol=0, atol=0)

@@ -4,12 +4,18 @@
 // runs the whole time loop over its own range of sequences with no barrier,
 // and its gates and states stay in its own cache. The cell passes are the
 // vectorised kernels of kernels.h; products go to gemm.h.
+//
+// scalar_t is the storage type of the products' operands (the input, the
+// weights, h, the gate gradients), math_t that of their results, the cell
+// math and the cell state: float for bfloat16 and float16 (the native path,
+// kernels.h), scalar_t otherwise.
 
 #include "../lstm.h"
 #include "gemm.h"
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +30,11 @@ inline std::atomic<int> forced_split{-1};
 template <typename scalar_t_>
 struct Executor {
   using scalar_t = scalar_t_;
+  using math_t = std::conditional_t<is_16_bit_float<scalar_t>, float, scalar_t>;
+
+  // Whether float16/bfloat16 layers run natively on this CPU (kernels.h).
+  static constexpr bool kNative16 = true;
+  static bool native_products(at::ScalarType dtype) { return cpu::native_products(dtype); }
 
   // Calls body(first, last) once per thread, each with its own range of
   // sequences [first, last), balanced by their numbers of steps. Loops of
@@ -35,6 +46,7 @@ struct Executor {
     const std::vector<int64_t> bounds = steps.split(parts);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; ++part) body(bounds[part], bounds[part + 1]);
+      release();
     });
   }
 
@@ -63,6 +75,7 @@ struct Executor {
       for (int64_t p = begin; p < end; ++p) {
         body(pieces * p / parts * align, std::min(extent, pieces * (p + 1) / parts * align));
       }
+      release();
     });
   }
 
@@ -76,7 +89,7 @@ struct Executor {
   // Chunks whose gates take about kChunkBytes, in cache between the product
   // and the cell pass.
   int64_t chunk_units(int64_t rows, int64_t /*H*/) const {
-    const int64_t units = kChunkBytes / (std::max<int64_t>(rows, 1) * 4 * sizeof(scalar_t));
+    const int64_t units = kChunkBytes / (std::max<int64_t>(rows, 1) * 4 * sizeof(math_t));
     return std::max(kUnitAlign, units / kUnitAlign * kUnitAlign);
   }
 
@@ -93,27 +106,35 @@ struct Executor {
   }
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                 const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
-                 bool accumulate) const {
+                 const scalar_t* b, int64_t ldb, math_t* c, int64_t ldc, bool accumulate) const {
     gemm_serial(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
   void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                     const scalar_t* b, scalar_t* c, int64_t ldc, bool accumulate) const {
+                     const scalar_t* b, math_t* c, int64_t ldc, bool accumulate) const {
     gemm_parallel(m, n, k, a, lda, b, c, ldc, accumulate);
   }
 
   void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                   const scalar_t* b, int64_t ldb, scalar_t* c, int64_t ldc,
+                   const scalar_t* b, int64_t ldb, math_t* c, int64_t ldc,
                    bool accumulate) const {
     gemm_tn_parallel(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
-  void copy(scalar_t* dst, const scalar_t* src, int64_t n) const {
-    if (n > 0) std::memcpy(dst, src, n * sizeof(scalar_t));
+  template <typename T>
+  void copy(T* dst, const T* src, int64_t n) const {
+    if (n > 0) std::memcpy(dst, src, n * sizeof(T));
   }
 
-  void add(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n) const {
+  // dst = src rounded to the storage type, rows x cols, row strides ld_dst and ld_src.
+  void narrow(scalar_t* dst, int64_t ld_dst, const math_t* src, int64_t ld_src, int64_t rows,
+              int64_t cols) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) dst[r * ld_dst + c] = scalar_t(src[r * ld_src + c]);
+    }
+  }
+
+  void add(scalar_t* dst, const math_t* a, const math_t* b, int64_t n) const {
     passes.add(dst, a, b, n);
   }
 
@@ -122,8 +143,8 @@ struct Executor {
   // PyTorch's order) may be null. Row r's c_{t-1} is row r of c_prev if r <
   // carried, else of c0. Writes c_t to c_out, h_t to h_out (row stride H).
   void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                    scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
-                    const scalar_t* c0, scalar_t* c_out, scalar_t* h_out) const {
+                    math_t* gates, const math_t* bias, const math_t* c_prev, const math_t* c0,
+                    math_t* c_out, scalar_t* h_out) const {
     passes.forward(r0, r1, u0, u1, carried, H, gate_group(H), gates, bias, c_prev, c0, c_out,
                    h_out);
   }
@@ -132,9 +153,9 @@ struct Executor {
   // given is dL/dh_t. dc_state: dL/dc_t in, dL/dc_{t-1} out. Writes the
   // pre-activation gate gradients to dgates and, when h_out is given, h_t.
   void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                     const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
-                     const scalar_t* c0, const scalar_t* dh, const scalar_t* dh_extra,
-                     scalar_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
+                     const math_t* gates, const math_t* cells, const math_t* c_prev,
+                     const math_t* c0, const math_t* dh, const math_t* dh_extra,
+                     math_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
     passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, dh,
                     dh_extra, dc_state, dgates, h_out);
   }
@@ -154,7 +175,7 @@ struct Executor {
   }
 
   // The cell passes of the level chosen for this CPU.
-  const CellKernels<scalar_t>& passes = kernels().cells<scalar_t>();
+  const CellKernels<math_t, scalar_t>& passes = kernels().cells<scalar_t>();
 
  private:
   static constexpr int64_t kChunkBytes = 32 * 1024;
@@ -165,6 +186,12 @@ struct Executor {
   static constexpr int64_t kUnitAlign = kPanel;
 
   static int64_t threads() { return at::get_num_threads(); }
+
+  // At the end of a thread's part of a parallel loop: the AMX state brgemm
+  // may have taken for 16-bit products is given back.
+  static void release() {
+    if constexpr (is_16_bit_float<scalar_t>) at::native::cpublas::brgemm_release();
+  }
 
   static bool small(const Steps& steps, int64_t flops_per_row) {
     return steps.rows() * flops_per_row < kParallelFlops;

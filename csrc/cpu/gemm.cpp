@@ -69,6 +69,9 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 }  // namespace
 
 at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group) {
+  if (b.scalar_type() == at::kBFloat16 || b.scalar_type() == at::kHalf) {
+    return vnni_layout(b, gates, group);
+  }
   const int64_t k = b.size(0), n = b.size(1);
   const bool gate_columns = gates == Gates::columns, gate_rows = gates == Gates::rows;
   // order[i]: the source index of position i along the gates dimension.

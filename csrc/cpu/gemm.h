@@ -12,8 +12,11 @@
 #include "../lstm.h"
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace lstm_ext::cpu {
 
@@ -41,6 +44,23 @@ void to_pytorch_gate_order(at::Tensor& t, int64_t dim, int64_t group);
 inline const float* column(const float* b, int64_t k, int64_t col0) { return b + k * col0; }
 inline const double* column(const double* b, int64_t, int64_t col0) { return b + col0; }
 
+// The 16-bit types of the native path (kernels.h: native_products).
+template <typename T>
+constexpr bool is_16_bit_float = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+template <typename T>
+using If16Bit = std::enable_if_t<is_16_bit_float<T>>;
+
+// weight_layout of a bfloat16/float16 weight, as brgemm takes it: column
+// panels kPanel wide (the last one narrower), each over k rounded up to even
+// (a zero row), in pairs of rows: rows 2q and 2q + 1 of the panel's columns
+// interleaved (the VNNI layout).
+at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group);
+
+template <typename T, typename = If16Bit<T>>
+const T* column(const T* b, int64_t k, int64_t col0) {
+  return b + (k + 1) / 2 * 2 * col0;
+}
+
 // On the calling thread: the time loop calls it from inside its own threads.
 // b is from column(); ldb is the laid-out weight's n (double only).
 void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
@@ -49,11 +69,20 @@ void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                  const double* b_laid_out, int64_t ldb, double* c, int64_t ldc,
                  bool accumulate);
 
+// bfloat16/float16 operands, C in float (b from vnni_layout).
+template <typename T, typename = If16Bit<T>>
+void gemm_serial(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
+                 int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
 // Tiles spread over ATen's intra-op threads: the whole-sequence products.
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                    const float* b_laid_out, float* c, int64_t ldc, bool accumulate);
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                    const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
+
+template <typename T, typename = If16Bit<T>>
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
+                   float* c, int64_t ldc, bool accumulate);
 
 // C[m,n] (+)= A[k,m]^T B[k,n], parallel: weight gradients, which sum over the
 // k rows of a sequence. The narrower of A and B is transposed slice by slice
@@ -62,5 +91,8 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
                       const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                       const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
+template <typename T, typename = If16Bit<T>>
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                      int64_t ldb, float* c, int64_t ldc, bool accumulate);
 
 }  // namespace lstm_ext::cpu

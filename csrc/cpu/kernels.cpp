@@ -10,21 +10,34 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/cpu/vec/vec_convert.h>
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 
 namespace lstm_ext::cpu::CPU_CAPABILITY {
 namespace {
 
-template <typename scalar_t>
+// Stores the first n values of v at dst, rounded to out_t when that is
+// narrower.
+template <typename out_t, typename Vec>
+void store(const Vec& v, out_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<out_t, typename Vec::value_type>) {
+    v.store(dst, n);
+  } else {
+    at::vec::convert_from_float<out_t>(v, v).store(dst, n);
+  }
+}
+
+template <typename scalar_t, typename out_t = scalar_t>
 struct Cells {
   using Vec = at::vec::Vectorized<scalar_t>;
 
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                       int64_t group, scalar_t* gates, const scalar_t* bias,
                       const scalar_t* c_prev, const scalar_t* c0, scalar_t* c_out,
-                      scalar_t* h_out) {
+                      out_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       scalar_t* g = gates + k.row * 4 * H + k.column;
       auto [i, f, gg, o] = load_gates(g, k, bias, H);
@@ -37,15 +50,15 @@ struct Cells {
       gg.store(g + 2 * k.stride, k.n);
       o.store(g + 3 * k.stride, k.n);
       c.store(c_out + e, k.n);
-      h.store(h_out + e, k.n);
+      store(h, h_out + e, k.n);
     });
   }
 
   static void backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried,
                        int64_t H, int64_t group, const scalar_t* gates, const scalar_t* cells,
                        const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
-                       const scalar_t* dh_extra, scalar_t* dc_state, scalar_t* dgates,
-                       scalar_t* h_out) {
+                       const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
+                       out_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const auto [i, f, g, o] = load_gates(gates + k.row * 4 * H + k.column, k, nullptr, H);
       const int64_t e = k.row * H + k.unit;
@@ -55,13 +68,13 @@ struct Cells {
       lstm_ext::cell_backward(i, f, g, o, Vec::loadu(cells + e, k.n),
                               Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n), dh_v,
                               Vec::loadu(dc_state + e, k.n), di, df, dg, do_, dc_prev, h);
-      scalar_t* dg_p = dgates + k.row * 4 * H + k.column;
-      di.store(dg_p, k.n);
-      df.store(dg_p + k.stride, k.n);
-      dg.store(dg_p + 2 * k.stride, k.n);
-      do_.store(dg_p + 3 * k.stride, k.n);
+      out_t* dg_p = dgates + k.row * 4 * H + k.column;
+      store(di, dg_p, k.n);
+      store(df, dg_p + k.stride, k.n);
+      store(dg, dg_p + 2 * k.stride, k.n);
+      store(do_, dg_p + 3 * k.stride, k.n);
       dc_prev.store(dc_state + e, k.n);
-      if (h_out) h.store(h_out + e, k.n);
+      if (h_out) store(h, h_out + e, k.n);
     });
   }
 
@@ -87,8 +100,15 @@ struct Cells {
     });
   }
 
-  static void add(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n) {
-    at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, a, b, n);
+  static void add(out_t* dst, const scalar_t* a, const scalar_t* b, int64_t n) {
+    if constexpr (std::is_same_v<out_t, scalar_t>) {
+      at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, a, b, n);
+    } else {
+      for (int64_t i = 0; i < n; i += Vec::size()) {
+        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
+        store(Vec::loadu(a + i, len) + Vec::loadu(b + i, len), dst + i, len);
+      }
+    }
   }
 
   // A vector-wide chunk of one row: units [unit, unit + n), whose gate 0 is
@@ -124,7 +144,7 @@ struct Cells {
     }
   }
 
-  static constexpr CellKernels<scalar_t> table{&forward, &backward, &tangent, &add};
+  static constexpr CellKernels<scalar_t, out_t> table{&forward, &backward, &tangent, &add};
 };
 
 // 16 x 16 at a time in registers (AVX2 and AVX-512 both have that size unmasked).
@@ -212,6 +232,11 @@ void few_rows_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 }  // namespace
 
 extern const Kernels table;
-const Kernels table{Cells<float>::table, Cells<double>::table, &transpose, &few_rows_gemm};
+const Kernels table{Cells<float>::table,
+                    Cells<double>::table,
+                    Cells<float, c10::BFloat16>::table,
+                    Cells<float, c10::Half>::table,
+                    &transpose,
+                    &few_rows_gemm};
 
 }  // namespace lstm_ext::cpu::CPU_CAPABILITY

@@ -8,29 +8,37 @@
 // lowers). Nothing else in the extension is compiled with vector-ISA flags, so
 // one build runs on every CPU torch runs on.
 
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
+#include <type_traits>
 
 namespace lstm_ext::cpu {
 
 // Rows [r0, r1) and hidden units [u0, u1) of one step, with the semantics of
 // the executor's passes (executor.h); gates in the gate order of `group`.
-template <typename scalar_t>
+// scalar_t is the math type; out_t (float16, bfloat16, or scalar_t itself)
+// the type of what the passes write for a product to read: h_t and the gate
+// gradients.
+template <typename scalar_t, typename out_t = scalar_t>
 struct CellKernels {
   void (*forward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                   int64_t group, scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
-                  const scalar_t* c0, scalar_t* c_out, scalar_t* h_out);
+                  const scalar_t* c0, scalar_t* c_out, out_t* h_out);
   void (*backward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                    int64_t group, const scalar_t* gates, const scalar_t* cells,
                    const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
-                   const scalar_t* dh_extra, scalar_t* dc_state, scalar_t* dgates,
-                   scalar_t* h_out);
+                   const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
+                   out_t* h_out);
   void (*tangent)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                   int64_t group, const scalar_t* gates, const scalar_t* cells,
                   const scalar_t* c_prev, const scalar_t* c0, const scalar_t* t_bias,
                   const scalar_t* t_gates, const scalar_t* t_c_prev, const scalar_t* t_c0,
                   scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out);
   // dst = a + b, n elements.
-  void (*add)(scalar_t* dst, const scalar_t* a, const scalar_t* b, int64_t n);
+  void (*add)(out_t* dst, const scalar_t* a, const scalar_t* b, int64_t n);
 };
 
 // The most rows few_rows_gemm takes.
@@ -39,6 +47,9 @@ constexpr int64_t kFewRows = 4;
 struct Kernels {
   CellKernels<float> f;
   CellKernels<double> d;
+  // For the bf16 and float16 products of the native path (native_products).
+  CellKernels<float, c10::BFloat16> bf16;
+  CellKernels<float, c10::Half> f16;
   // dst[c][r] = src[r][c] for a rows x cols block.
   void (*transpose)(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
                     int64_t ld_dst);
@@ -48,12 +59,17 @@ struct Kernels {
                         const float* b_panels, int64_t panel, float* c, int64_t ldc,
                         bool accumulate);
 
-  template <typename scalar_t>
-  const CellKernels<scalar_t>& cells() const {
-    if constexpr (sizeof(scalar_t) == sizeof(float)) {
+  // The passes for products of storage type storage_t.
+  template <typename storage_t>
+  const auto& cells() const {
+    if constexpr (std::is_same_v<storage_t, float>) {
       return f;
-    } else {
+    } else if constexpr (std::is_same_v<storage_t, double>) {
       return d;
+    } else if constexpr (std::is_same_v<storage_t, c10::BFloat16>) {
+      return bf16;
+    } else {
+      return f16;
     }
   }
 };
@@ -62,5 +78,16 @@ struct Kernels {
 // ("default", "avx2", "avx512").
 const Kernels& kernels();
 const char* kernels_level();
+
+// Whether bfloat16 or float16 (dtype) layers run their products on operands
+// of that type with fp32 accumulation (the native path), rather than in float
+// on upcast copies: where the CPU has dot products of that type (AVX512_BF16
+// or AMX-BF16; AVX512_FP16 or AMX-FP16) and oneDNN, which runs them, is
+// enabled, with the kernels at the AVX512 level. LSTM_EXT_CPU_NATIVE=0 in the
+// environment turns the native path off for the process, and so does
+// exchange_native_off(true) until exchange_native_off(false) (tests); it
+// returns the previous setting.
+bool native_products(c10::ScalarType dtype);
+bool exchange_native_off(bool off);
 
 }  // namespace lstm_ext::cpu

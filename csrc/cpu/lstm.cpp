@@ -17,6 +17,14 @@ TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
   m.def("_cpu_split(int choice) -> int", [](int64_t choice) -> int64_t {
     return lstm_ext::cpu::forced_split.exchange(static_cast<int>(choice));
   });
+  // Whether bfloat16/float16 layers run their products natively here
+  // (kernels.h), and, for tests, turning that off: returns the previous
+  // setting of the switch.
+  m.def("cpu_native(ScalarType dtype) -> bool", [](c10::ScalarType dtype) {
+    return lstm_ext::cpu::native_products(dtype);
+  });
+  m.def("_cpu_native_off(bool off) -> bool",
+        [](bool off) { return lstm_ext::cpu::exchange_native_off(off); });
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {

@@ -21,6 +21,9 @@ namespace lstm_ext::cuda {
 template <typename Backend, typename scalar_t_>
 struct Executor {
   using scalar_t = scalar_t_;
+  // Products and cells in the same type (op.h upcasts float16 and bfloat16).
+  using math_t = scalar_t;
+  static constexpr bool kNative16 = false;
   static constexpr int64_t kThreads = 256;
 
   Backend backend;
