@@ -2,6 +2,7 @@
 
 #include "../blas.h"
 #include "kernels.h"
+#include "tiles.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,46 +14,6 @@
 
 namespace lstm_ext::cpu {
 namespace {
-
-constexpr int64_t kTileRows = 64;
-// Long sums go in slices, so that a tile's operands stay in cache.
-constexpr int64_t kSliceDepth = 512;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// at::parallel_for's grain for `tasks` tasks doing `flops` in all: one task
-// per thread, or all on the calling thread when the work is small.
-int64_t grain(int64_t flops, int64_t tasks) { return flops < kParallelFlops ? tasks : 1; }
-
-// Tiles [begin, end) of C, each kTileRows rows by one panel of B (see
-// weight_layout), the panel index fastest so that a task's tiles share rows
-// of A. Long sums go in slices of kSliceDepth.
-void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, const float* a,
-                 int64_t lda, const float* b_panels, float* c, int64_t ldc, bool accumulate) {
-  const int64_t tiles_n = ceil_div(n, kPanel);
-  for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t i = (tile / tiles_n) * kTileRows, j = (tile % tiles_n) * kPanel;
-    const int64_t rows = std::min(kTileRows, m - i), width = std::min(kPanel, n - j);
-    for (int64_t p = 0; p < k; p += kSliceDepth) {
-      at::native::cpublas::brgemm(rows, width, std::min(kSliceDepth, k - p), lda, width, ldc,
-                                  accumulate || p > 0, a + i * lda + p,
-                                  b_panels + k * j + p * width, c + i * ldc + j);
-    }
-  }
-}
-
-int64_t tile_count(int64_t m, int64_t n) { return ceil_div(m, kTileRows) * ceil_div(n, kPanel); }
-
-
-// An empty sum: the kernels are not all defined for k = 0.
-template <typename T>
-bool handled_empty(int64_t m, int64_t n, int64_t k, T* c, int64_t ldc, bool accumulate) {
-  if (m > 0 && n > 0 && k > 0) return false;
-  if (!accumulate && k == 0) {
-    for (int64_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
-  }
-  return true;
-}
 
 // A is (m, k) row-major, or (k, m) when transpose_a.
 void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
@@ -91,18 +52,14 @@ at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group) {
   const float* from = src.const_data_ptr<float>();
   float* dst = panels.data_ptr<float>();
   const auto column = [&](int64_t c) { return gate_columns ? order[c] : c; };
+  if (of_transpose) {
+    transposed_panels(from, k, n, column, dst);
+    return panels;
+  }
   // The panel of columns [j, j + width) starts at k * j.
   for (int64_t j = 0; j < n; j += kPanel) {
     const int64_t width = std::min(kPanel, n - j);
     float* panel = dst + k * j;
-    if (of_transpose) {
-      // Runs of columns that are consecutive rows of w, transposed 16 x 16.
-      for (int64_t c = j, run = 1; c < j + width; c += run, run = 1) {
-        while (c + run < j + width && column(c + run) == column(c) + run) ++run;
-        kernels().transpose(from + column(c) * k, k, run, k, panel + (c - j), width);
-      }
-      continue;
-    }
     for (int64_t p = 0; p < k; ++p) {
       const float* row = from + (gate_rows ? order[p] : p) * n;
       float* out = panel + p * width;

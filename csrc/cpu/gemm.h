@@ -56,9 +56,12 @@ using If16Bit = std::enable_if_t<is_16_bit_float<T>>;
 // interleaved (the VNNI layout).
 at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group);
 
+// The depth of a VNNI panel over k: k rounded up to even.
+inline int64_t vnni_depth(int64_t k) { return (k + 1) / 2 * 2; }
+
 template <typename T, typename = If16Bit<T>>
 const T* column(const T* b, int64_t k, int64_t col0) {
-  return b + (k + 1) / 2 * 2 * col0;
+  return b + vnni_depth(k) * col0;
 }
 
 // On the calling thread: the time loop calls it from inside its own threads.

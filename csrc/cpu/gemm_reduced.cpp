@@ -7,12 +7,12 @@
 #include "gemm.h"
 
 #include "kernels.h"
+#include "tiles.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -20,14 +20,6 @@
 
 namespace lstm_ext::cpu {
 namespace {
-
-constexpr int64_t kTileRows = 64;
-// Long sums go in slices (even, as VNNI pairs), so that a tile's operands
-// stay in cache.
-constexpr int64_t kSliceDepth = 512;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t even(int64_t k) { return (k + 1) / 2 * 2; }
 
 // Rows [p0, p1) (p0 even) of the (k, n) matrix b (row stride ldb) into VNNI
 // pairs of rows of width n at dst: the pair of rows (p, p + 1) is the 2n
@@ -59,95 +51,10 @@ void to_vnni(const T* b, int64_t ldb, int64_t k, int64_t n, int64_t p0, int64_t 
 // After each task: release the AMX state brgemm may have taken on this thread.
 void release() { at::native::cpublas::brgemm_release(); }
 
-template <typename T>
-void brgemm(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
-            bool accumulate, const T* a, const T* b, float* c) {
-  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c);
-}
-
-// Tiles [begin, end) of C as in gemm.cpp's float panel_tiles, on VNNI panels.
-template <typename T>
-void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, const T* a,
-                 int64_t lda, const T* b_panels, float* c, int64_t ldc, bool accumulate) {
-  const int64_t tiles_n = ceil_div(n, kPanel), kp = even(k);
-  for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t i = (tile / tiles_n) * kTileRows, j = (tile % tiles_n) * kPanel;
-    const int64_t rows = std::min(kTileRows, m - i), width = std::min(kPanel, n - j);
-    for (int64_t p = 0; p < k; p += kSliceDepth) {
-      brgemm(rows, width, std::min(kSliceDepth, k - p), lda, width, ldc, accumulate || p > 0,
-             a + i * lda + p, b_panels + kp * j + p * width, c + i * ldc + j);
-    }
-  }
-}
-
-bool handled_empty(int64_t m, int64_t n, int64_t k, float* c, int64_t ldc, bool accumulate) {
-  if (m > 0 && n > 0 && k > 0) return false;
-  if (!accumulate && k == 0) {
-    for (int64_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, 0.f);
-  }
-  return true;
-}
-
-template <typename T>
-void serial(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
-            float* c, int64_t ldc, bool accumulate) {
-  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
-  panel_tiles(0, ceil_div(m, kTileRows) * ceil_div(n, kPanel), m, n, k, a, lda, b_panels, c, ldc,
-              accumulate);
-}
-
-template <typename T>
-void parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
-              float* c, int64_t ldc, bool accumulate) {
-  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
-  const int64_t tiles = ceil_div(m, kTileRows) * ceil_div(n, kPanel);
-  const int64_t grain = 2 * m * n * k < kParallelFlops ? tiles : 1;
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    panel_tiles(begin, end, m, n, k, a, lda, b_panels, c, ldc, accumulate);
-    release();
-  });
-}
-
-// C[m,n] (+)= A[k,m]^T B[k,n]: B in VNNI pairs once (its k rows are a block's
-// rows at most), then per band of C's rows each slice of A transposed in
-// cache.
-template <typename T>
-void tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-        float* c, int64_t ldc, bool accumulate) {
-  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
-  const int64_t kp = even(k);
-  std::vector<T> b_vnni(kp * n);
-  const int64_t pairs = kp / 2;
-  at::parallel_for(0, pairs, 2 * pairs * n < kParallelFlops ? pairs : 1,
-                   [&](int64_t begin, int64_t end) {
-                     to_vnni(b, ldb, k, n, 2 * begin, 2 * end, b_vnni.data() + 2 * begin * n);
-                   });
-  const int64_t bands = ceil_div(m, kTileRows);
-  const int64_t grain = 2 * m * n * k < kParallelFlops ? bands : 1;
-  at::parallel_for(0, bands, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> slice(kTileRows * kSliceDepth);
-    for (int64_t band = begin; band < end; ++band) {
-      const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
-      for (int64_t p = 0; p < k; p += kSliceDepth) {
-        const int64_t depth = std::min(kSliceDepth, k - p);
-        for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t q = 0; q < depth; ++q) slice[r * kSliceDepth + q] = a[(p + q) * lda + i + r];
-        }
-        for (int64_t j = 0; j < n; j += 256) {
-          brgemm(rows, std::min<int64_t>(256, n - j), depth, kSliceDepth, n, ldc,
-                 accumulate || p > 0, slice.data(), b_vnni.data() + p * n + 2 * j,
-                 c + i * ldc + j);
-        }
-      }
-    }
-    release();
-  });
-}
-
 }  // namespace
 
 at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group) {
-  const int64_t k = b.size(0), n = b.size(1), kp = even(k);
+  const int64_t k = b.size(0), n = b.size(1), kp = vnni_depth(k);
   const bool gate_rows = gates == Gates::rows;
   const std::vector<int64_t> order =
       gates == Gates::none ? std::vector<int64_t>() : gate_order((gate_rows ? k : n) / 4, group);
@@ -156,19 +63,9 @@ at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group) {
   // columns: a pair of b's rows in a panel is a 32-bit word of a row of w,
   // so a panel is a transpose of 32-bit words of w's rows (k even).
   if (!gate_rows && b.stride(0) == 1 && b.stride(1) == k && k % 2 == 0) {
-    const auto* from = reinterpret_cast<const float*>(b.const_data_ptr());
-    auto* dst = reinterpret_cast<float*>(panels.data_ptr());
-    const auto column = [&](int64_t c) { return order.empty() ? c : order[c]; };
-    const int64_t words = k / 2;
-    for (int64_t j = 0; j < n; j += kPanel) {
-      const int64_t width = std::min(kPanel, n - j);
-      float* panel = dst + words * j;
-      // Runs of columns that are consecutive rows of w.
-      for (int64_t c = j, run = 1; c < j + width; c += run, run = 1) {
-        while (c + run < j + width && column(c + run) == column(c) + run) ++run;
-        kernels().transpose(from + column(c) * words, words, run, words, panel + (c - j), width);
-      }
-    }
+    transposed_panels(reinterpret_cast<const float*>(b.const_data_ptr()), k / 2, n,
+                      [&](int64_t c) { return order.empty() ? c : order[c]; },
+                      reinterpret_cast<float*>(panels.data_ptr()));
     return panels;
   }
   at::Tensor src = b;
@@ -191,19 +88,53 @@ at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group) {
 template <typename T, typename>
 void gemm_serial(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
                  int64_t /*ldb*/, float* c, int64_t ldc, bool accumulate) {
-  serial(m, n, k, a, lda, b_panels, c, ldc, accumulate);
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  panel_tiles(0, tile_count(m, n), m, n, k, a, lda, b_panels, c, ldc, accumulate);
 }
 
 template <typename T, typename>
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
                    float* c, int64_t ldc, bool accumulate) {
-  parallel(m, n, k, a, lda, b_panels, c, ldc, accumulate);
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  const int64_t tiles = tile_count(m, n);
+  at::parallel_for(0, tiles, grain(2 * m * n * k, tiles), [&](int64_t begin, int64_t end) {
+    panel_tiles(begin, end, m, n, k, a, lda, b_panels, c, ldc, accumulate);
+    release();
+  });
 }
 
+// C[m,n] (+)= A[k,m]^T B[k,n]: B in VNNI pairs once (its k rows are a block's
+// rows at most), then per band of C's rows each slice of A transposed in
+// cache.
 template <typename T, typename>
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                       int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  tn(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  if (handled_empty(m, n, k, c, ldc, accumulate)) return;
+  const int64_t kp = vnni_depth(k);
+  std::vector<T> b_vnni(kp * n);
+  const int64_t pairs = kp / 2;
+  at::parallel_for(0, pairs, grain(2 * pairs * n, pairs), [&](int64_t begin, int64_t end) {
+    to_vnni(b, ldb, k, n, 2 * begin, 2 * end, b_vnni.data() + 2 * begin * n);
+  });
+  const int64_t bands = ceil_div(m, kTileRows);
+  at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
+    std::vector<T> slice(kTileRows * kSliceDepth);
+    for (int64_t band = begin; band < end; ++band) {
+      const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
+      for (int64_t p = 0; p < k; p += kSliceDepth) {
+        const int64_t depth = std::min(kSliceDepth, k - p);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t q = 0; q < depth; ++q) slice[r * kSliceDepth + q] = a[(p + q) * lda + i + r];
+        }
+        for (int64_t j = 0; j < n; j += 256) {
+          at::native::cpublas::brgemm(rows, std::min<int64_t>(256, n - j), depth, kSliceDepth, n,
+                                      ldc, accumulate || p > 0, slice.data(),
+                                      b_vnni.data() + p * n + 2 * j, c + i * ldc + j);
+        }
+      }
+    }
+    release();
+  });
 }
 
 #define LSTM_EXT_INSTANTIATE(T)                                                               \
