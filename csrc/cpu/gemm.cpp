@@ -30,28 +30,36 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 }  // namespace
 
 at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group) {
-  if (b.scalar_type() == at::kBFloat16 || b.scalar_type() == at::kHalf) {
-    return vnni_layout(b, gates, group);
-  }
   const int64_t k = b.size(0), n = b.size(1);
   const bool gate_columns = gates == Gates::columns, gate_rows = gates == Gates::rows;
   // order[i]: the source index of position i along the gates dimension.
   const std::vector<int64_t> order =
       gates == Gates::none ? std::vector<int64_t>() : gate_order((gate_rows ? k : n) / 4, group);
-  if (b.scalar_type() != at::kFloat) {
+  const auto column = [&](int64_t c) { return gate_columns ? order[c] : c; };
+  // b in the gate order, contiguous.
+  const auto ordered = [&] {
     if (order.empty()) return b.contiguous();
     const at::Tensor index = at::empty({int64_t(order.size())}, b.options().dtype(at::kLong));
     std::copy(order.begin(), order.end(), index.data_ptr<int64_t>());
     return b.index_select(gate_rows ? 0 : 1, index).contiguous();
-  }
+  };
   // nn.LSTM's weights come transposed (b = w.t()): their panels are
   // transposed blocks of w, with no transposed copy of w made first.
   const bool of_transpose = !gate_rows && b.stride(0) == 1 && b.stride(1) != 1;
+  const auto type = b.scalar_type();
+  if (type == at::kBFloat16 || type == at::kHalf) {
+    // A pair of rows of a VNNI panel is a 32-bit word of a row of w.
+    if (!of_transpose || b.stride(1) != k || k % 2 != 0) return vnni_panels(ordered());
+    at::Tensor panels = at::empty({k, n}, b.options());
+    transposed_panels(reinterpret_cast<const float*>(b.const_data_ptr()), k / 2, n, column,
+                      reinterpret_cast<float*>(panels.data_ptr()));
+    return panels;
+  }
+  if (type != at::kFloat) return ordered();
   const at::Tensor src = of_transpose ? b.t().contiguous() : b.contiguous();
   at::Tensor panels = at::empty({k, n}, b.options());
   const float* from = src.const_data_ptr<float>();
   float* dst = panels.data_ptr<float>();
-  const auto column = [&](int64_t c) { return gate_columns ? order[c] : c; };
   if (of_transpose) {
     transposed_panels(from, k, n, column, dst);
     return panels;

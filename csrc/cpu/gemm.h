@@ -50,11 +50,11 @@ constexpr bool is_16_bit_float = std::is_same_v<T, c10::BFloat16> || std::is_sam
 template <typename T>
 using If16Bit = std::enable_if_t<is_16_bit_float<T>>;
 
-// weight_layout of a bfloat16/float16 weight, as brgemm takes it: column
+// A contiguous bfloat16/float16 (k, n) matrix as brgemm takes it: column
 // panels kPanel wide (the last one narrower), each over k rounded up to even
 // (a zero row), in pairs of rows: rows 2q and 2q + 1 of the panel's columns
 // interleaved (the VNNI layout).
-at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group);
+at::Tensor vnni_panels(const at::Tensor& b);
 
 // The depth of a VNNI panel over k: k rounded up to even.
 inline int64_t vnni_depth(int64_t k) { return (k + 1) / 2 * 2; }
@@ -72,7 +72,7 @@ void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                  const double* b_laid_out, int64_t ldb, double* c, int64_t ldc,
                  bool accumulate);
 
-// bfloat16/float16 operands, C in float (b from vnni_layout).
+// bfloat16/float16 operands, C in float (b from weight_layout).
 template <typename T, typename = If16Bit<T>>
 void gemm_serial(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
                  int64_t ldb, float* c, int64_t ldc, bool accumulate);

@@ -53,30 +53,11 @@ void release() { at::native::cpublas::brgemm_release(); }
 
 }  // namespace
 
-at::Tensor vnni_layout(const at::Tensor& b, Gates gates, int64_t group) {
+at::Tensor vnni_panels(const at::Tensor& b) {
   const int64_t k = b.size(0), n = b.size(1), kp = vnni_depth(k);
-  const bool gate_rows = gates == Gates::rows;
-  const std::vector<int64_t> order =
-      gates == Gates::none ? std::vector<int64_t>() : gate_order((gate_rows ? k : n) / 4, group);
   at::Tensor panels = at::empty({kp * n}, b.options());
-  // nn.LSTM's weights come transposed (b = w.t()), their gates on b's
-  // columns: a pair of b's rows in a panel is a 32-bit word of a row of w,
-  // so a panel is a transpose of 32-bit words of w's rows (k even).
-  if (!gate_rows && b.stride(0) == 1 && b.stride(1) == k && k % 2 == 0) {
-    transposed_panels(reinterpret_cast<const float*>(b.const_data_ptr()), k / 2, n,
-                      [&](int64_t c) { return order.empty() ? c : order[c]; },
-                      reinterpret_cast<float*>(panels.data_ptr()));
-    return panels;
-  }
-  at::Tensor src = b;
-  if (!order.empty()) {
-    const at::Tensor index = at::empty({int64_t(order.size())}, b.options().dtype(at::kLong));
-    std::copy(order.begin(), order.end(), index.data_ptr<int64_t>());
-    src = b.index_select(gate_rows ? 0 : 1, index);
-  }
-  src = src.contiguous();
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(b.scalar_type(), "vnni_layout", [&] {
-    const scalar_t* from = src.const_data_ptr<scalar_t>();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(b.scalar_type(), "vnni_panels", [&] {
+    const scalar_t* from = b.const_data_ptr<scalar_t>();
     scalar_t* dst = panels.data_ptr<scalar_t>();
     for (int64_t j = 0; j < n; j += kPanel) {
       to_vnni(from + j, n, k, std::min(kPanel, n - j), 0, kp, dst + kp * j);
