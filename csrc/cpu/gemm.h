@@ -24,15 +24,17 @@ namespace lstm_ext::cpu {
 // costs more than it saves.
 constexpr int64_t kParallelFlops = 1 << 20;
 
-// Panels of laid-out float weights are this many columns wide.
+// Panels of laid-out float, bfloat16 and float16 weights are this many
+// columns wide.
 constexpr int64_t kPanel = 64;
 
 // The products by a weight, which is the same at every step: it is laid out
 // once per call, its gates dimension (if any) in the gate order of `group`
 // (gate_order). float goes in column panels, each kPanel wide (the last one
 // narrower) and contiguous over k, which brgemm streams without a stride
-// (10-25% faster than row-major here); double is made row-major for MKL. `b`
-// is (k, n), any strides.
+// (10-25% faster than row-major here); bfloat16 and float16 likewise, in VNNI
+// pairs (vnni_panels); double is made row-major for MKL. `b` is (k, n), any
+// strides.
 at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group);
 
 // t (float or double, contiguous), whose dimension dim runs over gates in the
