@@ -333,13 +333,14 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const auto opts = x.options(), math_opts = opts.dtype(math_dtype<Ex>());
   const bool proj = w_hr.has_value();
 
+  const auto math = math_dtype<Ex>();
   const Tensor dy_c =
-      dy.has_value() ? to_math<Ex>(*dy).contiguous() : at::zeros({d.rows, P}, math_opts);
+      dy.has_value() ? dy->to(math).contiguous() : at::zeros({d.rows, P}, math_opts);
   // Per sequence, the gradient flowing into its latest-processed state: they
-  // start as dh_n and dc_n and end as dh0 and dc0.
-  Tensor dh = dh_n.has_value() ? to_math<Ex>(*dh_n).clone(at::MemoryFormat::Contiguous)
+  // start as dh_n and dc_n and end as dh0 and dc0 (their own copies).
+  Tensor dh = dh_n.has_value() ? dh_n->to(math, false, true, at::MemoryFormat::Contiguous)
                                : at::zeros({d.batch, P}, math_opts);
-  Tensor dc = dc_n.has_value() ? to_math<Ex>(*dc_n).clone(at::MemoryFormat::Contiguous)
+  Tensor dc = dc_n.has_value() ? dc_n->to(math, false, true, at::MemoryFormat::Contiguous)
                                : at::zeros({d.batch, H}, math_opts);
   const Tensor c0_m = to_math<Ex>(c0);
   // The steps go in blocks, in the workspaces below; each block's share of
@@ -443,9 +444,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
     }
     if (mask.bias) {
       const Tensor block = dgates.narrow(0, 0, rows);
-      const auto dtype = math_dtype<Ex>();
-      const Tensor sum = groups > 1 ? block.view({rows / groups, groups, G}).sum({0}, false, dtype)
-                                    : block.sum({0}, false, dtype);
+      const Tensor sum = groups > 1 ? block.view({rows / groups, groups, G}).sum({0}, false, math)
+                                    : block.sum({0}, false, math);
       db = db.defined() ? db.add_(sum) : sum;
     }
     if (mask.proj) weight_grad(dw_hr, P, H, rows, dy_total_p, h_raw_p);
