@@ -106,9 +106,9 @@ void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Ten
   check_shape(y, "y", {d.rows, d.out});
   check_shape(gates, "gates", {d.rows, 4 * d.hidden});
   check_shape(cells, "cells", {d.rows, d.hidden});
-  const auto saved = saved_dtype(y.scalar_type());
   for (const Tensor* t : {&gates, &cells}) {
     const char* name = t == &gates ? "gates" : "cells";
+    const auto saved = t == &gates ? y.scalar_type() : saved_cells_dtype(y.scalar_type());
     TORCH_CHECK(t->scalar_type() == saved, "lstm_layer: ", name, " must have dtype ", saved,
                 ", got ", t->scalar_type());
     TORCH_CHECK(t->device() == x.device(), "lstm_layer: ", name, " is on ", t->device(),

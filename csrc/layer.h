@@ -28,6 +28,9 @@
 //   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
 //       C[m,n] (+)= A[k,m]^T B[k,n], a weight gradient summed over rows
 //   cell_forward(...), cell_backward(...), cell_tangent(...)
+//       the forward pass writes the activated gates to `activated`: gates
+//       itself (in place) when math_t is scalar_t, else a buffer of scalar_t,
+//       or null when they are not kept
 //       the fused passes over csrc/cell.h, for rows and units of a step
 //   copy(dst, src, n), add(dst, a, b, n)
 // Weights are laid out once per call (weights()), so that the loop only
@@ -225,9 +228,11 @@ void for_each_previous_h_run(const Steps& steps, int64_t t0, int64_t t1, const F
 constexpr int64_t kWorkspace = int64_t(1) << 21;
 
 // The layer's forward. Saving for backward (`save`), it returns y, h_n, c_n
-// and the activated gates and c_t of every row; otherwise y, h_n and c_n
-// alone, and it keeps neither: the gates of one block of steps at a time, and
-// one c per sequence, updated in place (and c_n at the end).
+// and the activated gates (scalar_t) and c_t of every row; otherwise y, h_n
+// and c_n alone, and it keeps neither: the gates of one block of steps at a
+// time, and one c per sequence, updated in place (and c_n at the end).
+// Narrowed, the gates' pre-activations go in blocks too, their activations
+// to the saved scalar_t buffer.
 template <typename Ex>
 LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
@@ -249,9 +254,11 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                                          : Tensor();
   const Tensor c0_m = to_math<Ex>(c0);
   // A block's rows start as their input projection; each step adds h W_hh^T,
-  // and its cell pass adds the bias and leaves the activated gates.
-  const int64_t block_rows = save ? d.rows : std::max(kWorkspace / G, d.batch);
+  // and its cell pass adds the bias and writes the activations to `activated`.
+  const int64_t block_rows = save && !narrowed ? d.rows : std::max(kWorkspace / G, d.batch);
   Tensor gates = at::empty({std::min(block_rows, d.rows), G}, math_opts);
+  // The activated gates kept for backward (when not narrowed: gates itself).
+  Tensor activated = !save ? Tensor() : narrowed ? at::empty({d.rows, G}, opts) : gates;
   Tensor y = at::empty({d.rows, P}, opts);
   Tensor cells = at::empty({save ? d.rows : d.batch, H}, math_opts);
   // With a projection, h_t before it; row r belongs to sequence r. Narrowed,
@@ -260,6 +267,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   Tensor y_wide = w_hr.has_value() && narrowed ? at::empty({d.batch, P}, math_opts) : Tensor();
 
   math_t* gates_p = ptr<math_t>(gates);
+  scalar_t* activated_p = ptr<scalar_t>(activated);
   math_t* cells_p = ptr<math_t>(cells);
   scalar_t* y_p = ptr<scalar_t>(y);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
@@ -293,7 +301,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       math_t* c_out = save ? cells_p + r.off * H : cells_p;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
         recurrent_product(ex, r, a, b, P, G, y_p, h0_p, w_hh_t_p, gates_t);
-        ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t, bias_p, c_prev, c0_p,
+        ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t,
+                        activated_p ? activated_p + r.off * G : nullptr, bias_p, c_prev, c0_p,
                         c_out, h_raw_p ? h_raw_p : y_p + r.off * P);
       });
     };
@@ -315,7 +324,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   }
   Tensor h_n = final_state<Ex, scalar_t>(ex, steps, y, d.batch);
   if (!save) return {y, h_n, cells, Tensor(), Tensor()};
-  return {y, h_n, final_state<Ex, math_t>(ex, steps, cells, d.batch), gates, cells};
+  return {y, h_n, final_state<Ex, math_t>(ex, steps, cells, d.batch), activated, cells};
 }
 
 // `groups` as in the backward op's schema: the weight and bias gradients of
@@ -363,7 +372,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
   math_t* dh_raw_p = ptr<math_t>(dh_raw);
   const math_t* c0_p = ptr<math_t>(c0_m);
-  const math_t* gates_p = ptr<math_t>(gates);
+  const scalar_t* gates_p = ptr<scalar_t>(gates);
   const math_t* cells_p = ptr<math_t>(cells);
   const Tensor w_hh_b = ex.weights(w_hh, Gates::rows);
   const Tensor w_hr_b = proj ? ex.weights(*w_hr, Gates::none) : Tensor();

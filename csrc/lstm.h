@@ -100,8 +100,10 @@ void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool
 
 // float16 and bfloat16: products natively or upcast, the rest in float (op.h).
 inline bool is_reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
-// The dtype of the saved gates and cells for inputs of dtype t.
-inline at::ScalarType saved_dtype(at::ScalarType t) {
+// The dtype of the saved cells for inputs of dtype t (the saved gates are in
+// t: activations in [-1, 1], which float16/bfloat16 hold to their precision;
+// the cell state is float).
+inline at::ScalarType saved_cells_dtype(at::ScalarType t) {
   return is_reduced_precision(t) ? at::kFloat : t;
 }
 

@@ -3,8 +3,9 @@
 // then dtype dispatch into layer.h with the device's executor. float16 and
 // bfloat16 run natively (products on operands of that type, the rest in
 // float: layer.h) where the device's executor says so (native_products),
-// otherwise in float on upcast copies; the saved gates and cells are float
-// either way, and the tangents (forward mode) always run upcast. A device's
+// otherwise in float on upcast copies; either way the saved gates are in the
+// input's dtype and the saved cells in float, and the tangents (forward mode)
+// run upcast. A device's
 // lstm.cpp/.cu only registers Kernels with its executor.
 
 #include "layer.h"
@@ -63,7 +64,7 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
         device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
         w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(b_ih), to_float(b_hh), to_float(w_hr),
         reverse, save);
-    return {y.to(dtype), h_n.to(dtype), c_n.to(dtype), gates, cells};
+    return {y.to(dtype), h_n.to(dtype), c_n.to(dtype), to_dtype(gates, dtype), cells};
   }
   const Steps steps(batch_sizes.contiguous(), reverse);
   LayerOut out;
@@ -95,7 +96,8 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
     auto grads = backward_op<Executor>(
         device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
         h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
-        to_float(w_hr), y.to(at::kFloat), gates, cells, reverse, output_mask, groups);
+        to_float(w_hr), y.to(at::kFloat), gates.to(at::kFloat), cells, reverse, output_mask,
+        groups);
     return std::apply(
         [&](const auto&... g) { return LayerGrads{to_dtype(g, dtype)...}; }, grads);
   }
@@ -132,8 +134,8 @@ LayerOutputs jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
   if (is_reduced_precision(dtype)) {
     auto [t_y, t_h_n, t_c_n] = jvp_op<Executor>(
         device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
-        w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(w_hr), y.to(at::kFloat), gates, cells,
-        reverse, map_tangents(tangents, to_float));
+        w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(w_hr), y.to(at::kFloat),
+        gates.to(at::kFloat), cells, reverse, map_tangents(tangents, to_float));
     return {t_y.to(dtype), t_h_n.to(dtype), t_c_n.to(dtype)};
   }
   const Steps steps(batch_sizes.contiguous(), reverse);

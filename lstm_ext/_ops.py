@@ -11,8 +11,9 @@ lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
 lstm_layer_jvp = torch.ops.lstm_ext.lstm_layer_jvp.default
 
 
-def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 and bfloat16 keep their saved gates and cells in float (op.h)."""
+def _saved_cells_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The saved gates are in the input's dtype; the saved cells of float16 and
+    bfloat16 in float (lstm.h)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -36,13 +37,12 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                                      w_hr=w_hr))
     rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
-    saved = _saved_dtype(x.dtype)
     return (
         x.new_empty(rows, out),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
-        x.new_empty(rows, 4 * hidden, dtype=saved),
-        x.new_empty(rows, hidden, dtype=saved),
+        x.new_empty(rows, 4 * hidden),
+        x.new_empty(rows, hidden, dtype=_saved_cells_dtype(x.dtype)),
     )
 
 

@@ -139,21 +139,23 @@ struct Executor {
   }
 
   // Rows [r0, r1) and units [u0, u1) of one step, gates (row stride 4H) in the
-  // gate order: pre-activations less the bias in, activations out; bias (4H,
-  // PyTorch's order) may be null. Row r's c_{t-1} is row r of c_prev if r <
+  // gate order: pre-activations less the bias in; their activations out to
+  // `activated` (the same layout; it may be gates itself, or null: not kept);
+  // bias (4H, PyTorch's order) may be null. Row r's c_{t-1} is row r of c_prev if r <
   // carried, else of c0. Writes c_t to c_out, h_t to h_out (row stride H).
   void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                    math_t* gates, const math_t* bias, const math_t* c_prev, const math_t* c0,
-                    math_t* c_out, scalar_t* h_out) const {
-    passes.forward(r0, r1, u0, u1, carried, H, gate_group(H), gates, bias, c_prev, c0, c_out,
-                   h_out);
+                    const math_t* gates, scalar_t* activated, const math_t* bias,
+                    const math_t* c_prev, const math_t* c0, math_t* c_out,
+                    scalar_t* h_out) const {
+    passes.forward(r0, r1, u0, u1, carried, H, gate_group(H), gates, activated, bias, c_prev, c0,
+                   c_out, h_out);
   }
 
   // Rows and units as in cell_forward. dh (row stride H) plus dh_extra when
   // given is dL/dh_t. dc_state: dL/dc_t in, dL/dc_{t-1} out. Writes the
   // pre-activation gate gradients to dgates and, when h_out is given, h_t.
   void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                     const math_t* gates, const math_t* cells, const math_t* c_prev,
+                     const scalar_t* gates, const math_t* cells, const math_t* c_prev,
                      const math_t* c0, const math_t* dh, const math_t* dh_extra,
                      math_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
     passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, dh,

@@ -30,32 +30,45 @@ void store(const Vec& v, out_t* dst, int64_t n) {
   }
 }
 
+// The first n values at src, widened to float when they are narrower.
+template <typename Vec, typename in_t>
+Vec load(const in_t* src, int64_t n) {
+  if constexpr (std::is_same_v<in_t, typename Vec::value_type>) {
+    return Vec::loadu(src, n);
+  } else {
+    return std::get<0>(at::vec::convert_to_float<in_t>(at::vec::Vectorized<in_t>::loadu(src, n)));
+  }
+}
+
 template <typename scalar_t, typename out_t = scalar_t>
 struct Cells {
   using Vec = at::vec::Vectorized<scalar_t>;
 
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                      int64_t group, scalar_t* gates, const scalar_t* bias,
-                      const scalar_t* c_prev, const scalar_t* c0, scalar_t* c_out,
-                      out_t* h_out) {
+                      int64_t group, const scalar_t* gates, out_t* activated,
+                      const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
+                      scalar_t* c_out, out_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
-      scalar_t* g = gates + k.row * 4 * H + k.column;
-      auto [i, f, gg, o] = load_gates(g, k, bias, H);
+      const int64_t at = k.row * 4 * H + k.column;
+      auto [i, f, gg, o] = load_gates(gates + at, k, bias, H);
       const int64_t e = k.row * H + k.unit;
       Vec c, h;
       lstm_ext::cell_forward(i, f, gg, o, Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n),
                              c, h);
-      i.store(g, k.n);
-      f.store(g + k.stride, k.n);
-      gg.store(g + 2 * k.stride, k.n);
-      o.store(g + 3 * k.stride, k.n);
+      if (activated) {
+        out_t* a = activated + at;
+        store(i, a, k.n);
+        store(f, a + k.stride, k.n);
+        store(gg, a + 2 * k.stride, k.n);
+        store(o, a + 3 * k.stride, k.n);
+      }
       c.store(c_out + e, k.n);
       store(h, h_out + e, k.n);
     });
   }
 
   static void backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried,
-                       int64_t H, int64_t group, const scalar_t* gates, const scalar_t* cells,
+                       int64_t H, int64_t group, const out_t* gates, const scalar_t* cells,
                        const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
                        const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
                        out_t* h_out) {
@@ -119,11 +132,12 @@ struct Cells {
 
   // The four gates of a chunk at g (its column), plus the bias's (PyTorch's
   // order, 4H) when it is given.
-  static std::array<Vec, 4> load_gates(const scalar_t* g, const Chunk& k, const scalar_t* bias,
+  template <typename in_t>
+  static std::array<Vec, 4> load_gates(const in_t* g, const Chunk& k, const scalar_t* bias,
                                        int64_t H) {
     std::array<Vec, 4> out;
     for (int64_t q = 0; q < 4; ++q) {
-      out[q] = Vec::loadu(g + q * k.stride, k.n);
+      out[q] = load<Vec>(g + q * k.stride, k.n);
       if (bias) out[q] = out[q] + Vec::loadu(bias + q * H + k.unit, k.n);
     }
     return out;

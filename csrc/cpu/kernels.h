@@ -20,15 +20,15 @@ namespace lstm_ext::cpu {
 // Rows [r0, r1) and hidden units [u0, u1) of one step, with the semantics of
 // the executor's passes (executor.h); gates in the gate order of `group`.
 // scalar_t is the math type; out_t (float16, bfloat16, or scalar_t itself)
-// the type of what the passes write for a product to read: h_t and the gate
-// gradients.
+// the type of what the passes write for a product to read (h_t, the gate
+// gradients) or for backward to keep (the activated gates).
 template <typename scalar_t, typename out_t = scalar_t>
 struct CellKernels {
   void (*forward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                  int64_t group, scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
-                  const scalar_t* c0, scalar_t* c_out, out_t* h_out);
+                  int64_t group, const scalar_t* gates, out_t* activated, const scalar_t* bias,
+                  const scalar_t* c_prev, const scalar_t* c0, scalar_t* c_out, out_t* h_out);
   void (*backward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                   int64_t group, const scalar_t* gates, const scalar_t* cells,
+                   int64_t group, const out_t* gates, const scalar_t* cells,
                    const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
                    const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
                    out_t* h_out);

@@ -90,8 +90,10 @@ struct Executor {
 
   // The semantics of cpu::Executor::cell_forward, cell_backward and
   // cell_tangent, in PyTorch's gate order.
+  // Its activations go to gates in place: layer.h passes `activated` apart
+  // from gates only to executors whose math_t differs from scalar_t.
   void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                    scalar_t* gates, const scalar_t* bias, const scalar_t* c_prev,
+                    scalar_t* gates, scalar_t* /*activated*/, const scalar_t* bias, const scalar_t* c_prev,
                     const scalar_t* c0, scalar_t* c_out, scalar_t* h_out) const {
     launch((r1 - r0) * (u1 - u0), cell_forward_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
            gates, bias, c_prev, c0, c_out, h_out);
