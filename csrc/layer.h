@@ -28,10 +28,10 @@
 //   weight_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
 //       C[m,n] (+)= A[k,m]^T B[k,n], a weight gradient summed over rows
 //   cell_forward(...), cell_backward(...), cell_tangent(...)
-//       the forward pass writes the activated gates to `activated`: gates
-//       itself (in place) when math_t is scalar_t, else a buffer of scalar_t,
-//       or null when they are not kept
-//       the fused passes over csrc/cell.h, for rows and units of a step
+//       the fused passes over csrc/cell.h, for rows and units of a step; the
+//       forward pass writes the activated gates to `activated`: gates itself
+//       (in place) when math_t is scalar_t, else a buffer of scalar_t, or
+//       null when they are not kept
 //   copy(dst, src, n), add(dst, a, b, n)
 // Weights are laid out once per call (weights()), so that the loop only
 // multiplies them in the form its executor's products want.
