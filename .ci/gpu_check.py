@@ -9,6 +9,8 @@ nothing, and writes everything into gpu-check/<UTC time>/:
   environment.md     nvidia-smi, torch, CUDA, nvcc, the GPUs
   build.log, ptxas.md    the in-place CUDA build for the GPUs found; registers,
                      shared memory and spills per kernel
+  check.log          python -m lstm_ext.check: the paths this machine takes
+                     (CPU and CUDA, every dtype), each against nn.LSTM
   tests-test_cuda.log    tests/test_cuda.py: the op and the module against the
                      CPU op and nn.LSTM on the GPU, gradcheck, CUDA graphs,
                      streams, determinism
@@ -20,7 +22,7 @@ cut to what is left of an 8-minute budget; the slow parts come last, so a run
 cut short still leaves the test results. A test file whose imports are missing
 here (other than lstm_ext's own) is reported as skipped, not failed. Without a
 GPU it stops at once with a message and exit status 2. Exit status 1 when the
-build or a test failed.
+build, the self-check or a test failed.
 """
 
 from __future__ import annotations
@@ -154,6 +156,17 @@ def build(run: Run, torch, archs: list[str]) -> bool:
     return True
 
 
+def self_check(run: Run) -> bool:
+    """`python -m lstm_ext.check`, which says what this machine runs and runs it."""
+    status, output = run.command([sys.executable, "-m", "lstm_ext.check"], "check.log",
+                                 timeout=240)
+    lines = output.strip().splitlines()
+    found = [line for line in lines if re.match(r"(bfloat16|float16|CUDA \d+): ", line)]
+    verdict = lines[-1] if status == 0 and lines else "FAILED: see check.log"
+    run.note(f"lstm_ext.check: {verdict} ({run.elapsed:.0f}s); {'; '.join(found)}")
+    return status == 0
+
+
 def tests(run: Run) -> bool:
     try:
         import pytest  # noqa: F401
@@ -203,7 +216,8 @@ def main() -> None:
              f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}")
     if not build(run, torch, archs):
         sys.exit(1)
-    passed = tests(run)
+    checked = self_check(run)
+    passed = tests(run) and checked
     benchmarks(run)
     run.note(f"done: {'tests passed' if passed else 'TESTS FAILED'}; everything is in {out}")
     sys.exit(0 if passed else 1)

@@ -31,7 +31,9 @@
 //       the fused passes over csrc/cell.h, for rows and units of a step; the
 //       forward pass writes the activated gates to `activated`: gates itself
 //       (in place) when math_t is scalar_t, else a buffer of scalar_t, or
-//       null when they are not kept
+//       null when they are not kept; the backward pass writes the gate
+//       gradients also in math_t to `dgates_wide` where math_t is not
+//       scalar_t, or null
 //   copy(dst, src, n), add(dst, a, b, n)
 // Weights are laid out once per call (weights()), so that the loop only
 // multiplies them in the form its executor's products want.
@@ -338,6 +340,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                           const Tensor& gates, const Tensor& cells, int64_t groups) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
+  constexpr bool narrowed = !std::is_same_v<scalar_t, math_t>;
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options(), math_opts = opts.dtype(math_dtype<Ex>());
   const bool proj = w_hr.has_value();
@@ -360,6 +363,11 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   // it, per row of a block, are operands of products (scalar_t); dL/dh_t
   // before the projection, per sequence, is a product's result.
   Tensor dgates = at::empty({workspace_rows, G}, opts);
+  // Narrowed, the bias gradient sums the gate gradients before their
+  // rounding: a sum of few rounded ones loses to cancellation (B=1, T=7:
+  // 6x nn.LSTM's error).
+  Tensor dgates_wide =
+      narrowed && mask.bias ? at::empty({workspace_rows, G}, math_opts) : Tensor();
   Tensor dy_total = proj ? at::empty({workspace_rows, P}, opts) : Tensor();
   Tensor h_raw = mask.proj ? at::empty({workspace_rows, H}, opts) : Tensor();
   Tensor dh_raw = proj ? at::empty({d.batch, H}, math_opts) : Tensor();
@@ -368,6 +376,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   math_t* dh_p = ptr<math_t>(dh);
   math_t* dc_p = ptr<math_t>(dc);
   scalar_t* dgates_p = ptr<scalar_t>(dgates);
+  math_t* dgates_wide_p = ptr<math_t>(dgates_wide);
   scalar_t* dy_total_p = ptr<scalar_t>(dy_total);
   scalar_t* h_raw_p = ptr<scalar_t>(h_raw);
   math_t* dh_raw_p = ptr<math_t>(dh_raw);
@@ -425,6 +434,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                          cells_p + r.off * H, cells_p + r.prev * H, c0_p,
                          proj ? dh_raw_p : dy_p + r.off * P, proj ? nullptr : dh_p, dc_p,
                          dgates_p + (r.off - row0) * G,
+                         dgates_wide_p ? dgates_wide_p + (r.off - row0) * G : nullptr,
                          h_raw_p ? h_raw_p + (r.off - row0) * H : nullptr);
       });
     };
@@ -452,7 +462,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                               });
     }
     if (mask.bias) {
-      const Tensor block = dgates.narrow(0, 0, rows);
+      const Tensor block = (narrowed ? dgates_wide : dgates).narrow(0, 0, rows);
       const Tensor sum = groups > 1 ? block.view({rows / groups, groups, G}).sum({0}, false, math)
                                     : block.sum({0}, false, math);
       db = db.defined() ? db.add_(sum) : sum;

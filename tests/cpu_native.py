@@ -17,7 +17,7 @@ def reduced_path(path, dtype=torch.bfloat16):
     previous = torch.ops.lstm_ext._cpu_native_off(path == "upcast")
     try:
         if path == "native" and not torch.ops.lstm_ext.cpu_native(dtype):
-            pytest.skip(f"this CPU has no {dtype} dot products for the native path")
+            pytest.skip(f"{dtype} does not run natively here (python -m lstm_ext.check says why)")
         yield
     finally:
         torch.ops.lstm_ext._cpu_native_off(previous)

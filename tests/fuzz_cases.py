@@ -13,10 +13,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import lstm_ext
 from reference import tolerance
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-# bfloat16 is checked against nn.LSTM in float64 on the same (rounded) values:
-# nn.LSTM's own bfloat16 run has errors of the same size as ours.
-BFLOAT16_TOLERANCE = dict(rtol=3e-2, atol=3e-2)
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+# bfloat16 and float16 are checked against nn.LSTM in float64 on the same
+# (rounded) values: nn.LSTM's own run in them has errors of the same size as ours.
+REDUCED_TOLERANCE = {torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
+                     torch.float16: dict(rtol=5e-3, atol=5e-3)}
 LAYOUTS = ("contiguous", "transposed", "expanded", "sliced")
 
 
@@ -40,7 +42,7 @@ class ModuleCase:
     mutation: str = ""  # for invalid cases: what to break
     split: int = -1  # how the CPU shares a step between 2 threads: -1 as it chooses,
     # 0 by sequences, 1 by hidden units
-    native: bool = True  # bfloat16: the native path where the CPU has it, else upcast
+    native: bool = True  # 16-bit: the native path where the CPU has it, else upcast
 
 
 def _tensor(shape, layout, dtype, gen):
@@ -83,7 +85,7 @@ def _modules(c: ModuleCase):
     ref = nn.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
     ours = lstm_ext.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
     ours.load_state_dict(ref.state_dict())
-    if DTYPES[c.dtype] == torch.bfloat16:
+    if DTYPES[c.dtype] in REDUCED_TOLERANCE:
         ref = InFloat64(ref)
     return ref, ours
 
@@ -142,8 +144,8 @@ def check_valid(c: ModuleCase) -> None:
     torch.set_num_threads(2)
     torch.ops.lstm_ext._cpu_split(c.split)
     torch.ops.lstm_ext._cpu_native_off(not c.native)
-    reduced = DTYPES[c.dtype] == torch.bfloat16
-    tol = BFLOAT16_TOLERANCE if reduced else tolerance(DTYPES[c.dtype])
+    reduced = DTYPES[c.dtype] in REDUCED_TOLERANCE
+    tol = REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
     ref, ours = _modules(c)
     results = []
     for module in (ref, ours):

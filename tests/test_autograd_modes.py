@@ -300,10 +300,11 @@ def test_backward_and_tangent_ops_refuse_to_be_differentiated():
     _ops.lstm_layer_jvp(*saved, reverse, x, *(None,) * 6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_jvp_in_other_dtypes(dtype):
-    """float32 computes tangents in float32, bfloat16 in float32 inside (as the
-    layer): against float64 tangents of the same (rounded) values."""
+    """float32 computes tangents in float32, bfloat16 and float16 in float32
+    inside (as the layer): against float64 tangents of the same (rounded)
+    values."""
     case = dataclasses.replace(Case(T=6, B=4, packed=True, proj=3), dtype=torch.float64)
     problem = Problem(case)
     primals, tangents = primals_and_tangents(problem)
@@ -313,7 +314,8 @@ def test_jvp_in_other_dtypes(dtype):
     with fused_only():
         _, low = torch.func.jvp(problem.ours_fn(), tuple(p.to(dtype) for p in primals),
                                 tuple(t.to(dtype) for t in tangents))
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+    tol = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=5e-3, atol=5e-3),
+           torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}[dtype]
     for a, b in zip(low, exact):
         assert a.dtype == dtype
         torch.testing.assert_close(a.double(), b, **tol)

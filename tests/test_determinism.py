@@ -16,14 +16,14 @@ def _run(x, weights, batch_sizes):
     return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights])]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split, hidden, sizes", [
     (SEQUENCES, 96, [40] * 10 + [31] * 10 + [7] * 5),
     # The other way the CPU shares a step: by hidden units, a barrier per phase.
     (UNITS, 160, [4] * 10 + [3] * 10 + [1] * 5),
 ], ids=["sequences", "units"])
 def test_bitwise_identical_runs(split, hidden, sizes, dtype):
-    """bfloat16: on the native path where the CPU has it."""
+    """bfloat16 and float16: on the native path where the CPU has it."""
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(64, hidden, proj_size=48, dtype=dtype)
     weights = list(lstm.parameters())

@@ -8,14 +8,15 @@
 // scalar_t is the storage type of the products' operands (the input, the
 // weights, h, the gate gradients), math_t that of their results, the cell
 // math and the cell state: float for bfloat16 and float16 (the native path,
-// kernels.h), scalar_t otherwise.
+// native.h), scalar_t otherwise.
 
 #include "../lstm.h"
+#include "brgemm_pairs.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "native.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
 #include <atomic>
@@ -32,7 +33,7 @@ struct Executor {
   using scalar_t = scalar_t_;
   using math_t = std::conditional_t<is_16_bit_float<scalar_t>, float, scalar_t>;
 
-  // Whether float16/bfloat16 layers run natively on this CPU (kernels.h).
+  // Whether float16/bfloat16 layers run natively on this CPU (native.h).
   static constexpr bool kNative16 = true;
   static bool native_products(at::ScalarType dtype) { return cpu::native_products(dtype); }
 
@@ -45,8 +46,8 @@ struct Executor {
     const int64_t parts = small(steps, flops_per_row) ? 1 : std::min(threads(), batch);
     const std::vector<int64_t> bounds = steps.split(parts);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      const TileScope<scalar_t> tiles;
       for (int64_t part = begin; part < end; ++part) body(bounds[part], bounds[part + 1]);
-      release();
     });
   }
 
@@ -72,10 +73,10 @@ struct Executor {
     const int64_t pieces = (extent + align - 1) / align;
     const int64_t parts = std::min(threads(), pieces);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      const TileScope<scalar_t> tiles;
       for (int64_t p = begin; p < end; ++p) {
         body(pieces * p / parts * align, std::min(extent, pieces * (p + 1) / parts * align));
       }
-      release();
     });
   }
 
@@ -153,13 +154,15 @@ struct Executor {
 
   // Rows and units as in cell_forward. dh (row stride H) plus dh_extra when
   // given is dL/dh_t. dc_state: dL/dc_t in, dL/dc_{t-1} out. Writes the
-  // pre-activation gate gradients to dgates and, when h_out is given, h_t.
+  // pre-activation gate gradients to dgates, and in math_t to dgates_wide
+  // when given, and, when h_out is given, h_t.
   void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                      const scalar_t* gates, const math_t* cells, const math_t* c_prev,
                      const math_t* c0, const math_t* dh, const math_t* dh_extra,
-                     math_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
+                     math_t* dc_state, scalar_t* dgates, math_t* dgates_wide,
+                     scalar_t* h_out) const {
     passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, dh,
-                    dh_extra, dc_state, dgates, h_out);
+                    dh_extra, dc_state, dgates, dgates_wide, h_out);
   }
 
   // Rows and units as in cell_forward; c_{t-1} as there, its tangent from
@@ -188,12 +191,6 @@ struct Executor {
   static constexpr int64_t kUnitAlign = kPanel;
 
   static int64_t threads() { return at::get_num_threads(); }
-
-  // At the end of a thread's part of a parallel loop: the AMX state brgemm
-  // may have taken for 16-bit products is given back.
-  static void release() {
-    if constexpr (is_16_bit_float<scalar_t>) at::native::cpublas::brgemm_release();
-  }
 
   static bool small(const Steps& steps, int64_t flops_per_row) {
     return steps.rows() * flops_per_row < kParallelFlops;

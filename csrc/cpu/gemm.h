@@ -46,7 +46,7 @@ void to_pytorch_gate_order(at::Tensor& t, int64_t dim, int64_t group);
 inline const float* column(const float* b, int64_t k, int64_t col0) { return b + k * col0; }
 inline const double* column(const double* b, int64_t, int64_t col0) { return b + col0; }
 
-// The 16-bit types of the native path (kernels.h: native_products).
+// The 16-bit types of the native path (native.h).
 template <typename T>
 constexpr bool is_16_bit_float = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 template <typename T>

@@ -1,12 +1,15 @@
 // The products of the native bfloat16/float16 path (gemm.h): operands of the
 // 16-bit type, accumulation and C in float, through oneDNN's brgemm, which
-// runs them on the CPU's bf16/fp16 dot products (AVX512_BF16, AMX, ...).
-// brgemm wants B in the VNNI layout: pairs of consecutive k of one column
-// side by side, k rounded up to even with a zero row.
+// runs them on the CPU's bf16/fp16 dot products (AVX512_BF16, AMX, ...), and
+// the checked call into it (brgemm_pairs.h). brgemm wants B in the VNNI
+// layout: pairs of consecutive k of one column side by side, k rounded up to
+// even with a zero row.
 
 #include "gemm.h"
 
+#include "brgemm_pairs.h"
 #include "kernels.h"
+#include "native.h"
 #include "tiles.h"
 
 #include <ATen/Dispatch.h>
@@ -48,10 +51,43 @@ void to_vnni(const T* b, int64_t ldb, int64_t k, int64_t n, int64_t p0, int64_t 
   }
 }
 
-// After each task: release the AMX state brgemm may have taken on this thread.
-void release() { at::native::cpublas::brgemm_release(); }
-
 }  // namespace
+
+template <typename T, typename>
+void brgemm_pairs(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_pairs,
+                  int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  constexpr auto dtype = c10::CppTypeToScalarType<T>::value;
+  TORCH_CHECK(pairs_kernel(dtype), "lstm_ext: a ", dtype, " product with B in VNNI pairs, "
+              "which oneDNN's brgemm on this CPU does not take (python -m lstm_ext.check "
+              "says why)");
+  TORCH_CHECK(m > 0 && n > 0 && k > 0 && k % 2 == 0, "lstm_ext: a ", dtype, " brgemm needs "
+              "m and n positive and k even and positive (B's pairs; AMX takes k in pairs), "
+              "got m=", m, " n=", n, " k=", k);
+  TORCH_CHECK(lda >= k && ldb >= n && ldc >= n, "lstm_ext: a ", dtype, " brgemm's leading "
+              "dimensions must hold a row: lda=", lda, " (k=", k, "), ldb=", ldb, " and ldc=",
+              ldc, " (n=", n, ")");
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b_pairs, c);
+}
+
+void release_tiles() { at::native::cpublas::brgemm_release(); }
+
+template <typename T, typename>
+void pairs_product(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_pairs,
+                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const int64_t even = k / 2 * 2;
+  if (even > 0) brgemm_pairs(m, n, even, a, lda, b_pairs, ldb, c, ldc, accumulate);
+  if (even == k) return;
+  const T* last = b_pairs + even * ldb;  // row k - 1: the first of each pair
+  const bool add = accumulate || even > 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const float a_i = a[i * lda + even];
+    float* c_i = c + i * ldc;
+    for (int64_t j = 0; j < n; ++j) {
+      const float product = a_i * float(last[2 * j]);
+      c_i[j] = add ? c_i[j] + product : product;
+    }
+  }
+}
 
 at::Tensor vnni_panels(const at::Tensor& b) {
   const int64_t k = b.size(0), n = b.size(1), kp = vnni_depth(k);
@@ -79,14 +115,14 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, con
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
   const int64_t tiles = tile_count(m, n);
   at::parallel_for(0, tiles, grain(2 * m * n * k, tiles), [&](int64_t begin, int64_t end) {
+    const TileScope<T> scope;
     panel_tiles(begin, end, m, n, k, a, lda, b_panels, c, ldc, accumulate);
-    release();
   });
 }
 
 // C[m,n] (+)= A[k,m]^T B[k,n]: B in VNNI pairs once (its k rows are a block's
 // rows at most), then per band of C's rows each slice of A transposed in
-// cache.
+// cache, an odd slice with a zero column facing B's zero row.
 template <typename T, typename>
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                       int64_t ldb, float* c, int64_t ldc, bool accumulate) {
@@ -99,26 +135,29 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, 
   });
   const int64_t bands = ceil_div(m, kTileRows);
   at::parallel_for(0, bands, grain(2 * m * n * k, bands), [&](int64_t begin, int64_t end) {
+    const TileScope<T> scope;
     std::vector<T> slice(kTileRows * kSliceDepth);
     for (int64_t band = begin; band < end; ++band) {
       const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
       for (int64_t p = 0; p < k; p += kSliceDepth) {
-        const int64_t depth = std::min(kSliceDepth, k - p);
+        const int64_t depth = std::min(kSliceDepth, k - p), even = vnni_depth(depth);
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t q = 0; q < depth; ++q) slice[r * kSliceDepth + q] = a[(p + q) * lda + i + r];
+          if (even > depth) slice[r * kSliceDepth + depth] = T(0);
         }
         for (int64_t j = 0; j < n; j += 256) {
-          at::native::cpublas::brgemm(rows, std::min<int64_t>(256, n - j), depth, kSliceDepth, n,
-                                      ldc, accumulate || p > 0, slice.data(),
-                                      b_vnni.data() + p * n + 2 * j, c + i * ldc + j);
+          brgemm_pairs(rows, std::min<int64_t>(256, n - j), even, slice.data(), kSliceDepth,
+                       b_vnni.data() + p * n + 2 * j, n, c + i * ldc + j, ldc,
+                       accumulate || p > 0);
         }
       }
     }
-    release();
   });
 }
 
 #define LSTM_EXT_INSTANTIATE(T)                                                               \
+  template void brgemm_pairs<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, \
+                                float*, int64_t, bool);                                        \
   template void gemm_serial<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, \
                                float*, int64_t, bool);                                         \
   template void gemm_parallel<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*,       \

@@ -71,7 +71,7 @@ struct Cells {
                        int64_t H, int64_t group, const out_t* gates, const scalar_t* cells,
                        const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
                        const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
-                       out_t* h_out) {
+                       scalar_t* dgates_wide, out_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const auto [i, f, g, o] = load_gates(gates + k.row * 4 * H + k.column, k, nullptr, H);
       const int64_t e = k.row * H + k.unit;
@@ -81,11 +81,17 @@ struct Cells {
       lstm_ext::cell_backward(i, f, g, o, Vec::loadu(cells + e, k.n),
                               Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n), dh_v,
                               Vec::loadu(dc_state + e, k.n), di, df, dg, do_, dc_prev, h);
-      out_t* dg_p = dgates + k.row * 4 * H + k.column;
-      store(di, dg_p, k.n);
-      store(df, dg_p + k.stride, k.n);
-      store(dg, dg_p + 2 * k.stride, k.n);
-      store(do_, dg_p + 3 * k.stride, k.n);
+      const int64_t at = k.row * 4 * H + k.column;
+      store(di, dgates + at, k.n);
+      store(df, dgates + at + k.stride, k.n);
+      store(dg, dgates + at + 2 * k.stride, k.n);
+      store(do_, dgates + at + 3 * k.stride, k.n);
+      if (dgates_wide) {
+        di.store(dgates_wide + at, k.n);
+        df.store(dgates_wide + at + k.stride, k.n);
+        dg.store(dgates_wide + at + 2 * k.stride, k.n);
+        do_.store(dgates_wide + at + 3 * k.stride, k.n);
+      }
       dc_prev.store(dc_state + e, k.n);
       if (h_out) store(h, h_out + e, k.n);
     });

@@ -31,7 +31,7 @@ struct CellKernels {
                    int64_t group, const out_t* gates, const scalar_t* cells,
                    const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
                    const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
-                   out_t* h_out);
+                   scalar_t* dgates_wide, out_t* h_out);
   void (*tangent)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                   int64_t group, const scalar_t* gates, const scalar_t* cells,
                   const scalar_t* c_prev, const scalar_t* c0, const scalar_t* t_bias,
@@ -47,7 +47,7 @@ constexpr int64_t kFewRows = 4;
 struct Kernels {
   CellKernels<float> f;
   CellKernels<double> d;
-  // For the bf16 and float16 products of the native path (native_products).
+  // For the bf16 and float16 products of the native path (native.h).
   CellKernels<float, c10::BFloat16> bf16;
   CellKernels<float, c10::Half> f16;
   // dst[c][r] = src[r][c] for a rows x cols block.
@@ -78,16 +78,5 @@ struct Kernels {
 // ("default", "avx2", "avx512").
 const Kernels& kernels();
 const char* kernels_level();
-
-// Whether bfloat16 or float16 (dtype) layers run their products on operands
-// of that type with fp32 accumulation (the native path), rather than in float
-// on upcast copies: where the CPU has dot products of that type (AVX512_BF16
-// or AMX-BF16; AVX512_FP16 or AMX-FP16) and oneDNN, which runs them, is
-// enabled, with the kernels at the AVX512 level. LSTM_EXT_CPU_NATIVE=0 in the
-// environment turns the native path off for the process, and so does
-// exchange_native_off(true) until exchange_native_off(false) (tests); it
-// returns the previous setting.
-bool native_products(c10::ScalarType dtype);
-bool exchange_native_off(bool off);
 
 }  // namespace lstm_ext::cpu

@@ -3,6 +3,7 @@
 // brgemm, whatever the operands' type: tiles of C, slices of long sums, and
 // the panels of a laid-out weight made from nn.LSTM's transposed weights.
 
+#include "brgemm_pairs.h"
 #include "gemm.h"
 #include "kernels.h"
 
@@ -42,7 +43,8 @@ bool handled_empty(int64_t m, int64_t n, int64_t k, C* c, int64_t ldc, bool accu
 
 // Tiles [begin, end) of C, each kTileRows rows by one panel of B (laid out by
 // weight_layout), the panel index fastest so that a task's tiles share rows
-// of A. Long sums go in slices of kSliceDepth.
+// of A. Long sums go in slices of kSliceDepth (even: a 16-bit panel's pairs
+// split between slices only at the end).
 template <typename T>
 void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, const T* a,
                  int64_t lda, const T* b_panels, float* c, int64_t ldc, bool accumulate) {
@@ -51,9 +53,15 @@ void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, co
     const int64_t i = (tile / tiles_n) * kTileRows, j = (tile % tiles_n) * kPanel;
     const int64_t rows = std::min(kTileRows, m - i), width = std::min(kPanel, n - j);
     for (int64_t p = 0; p < k; p += kSliceDepth) {
-      at::native::cpublas::brgemm(rows, width, std::min(kSliceDepth, k - p), lda, width, ldc,
-                                  accumulate || p > 0, a + i * lda + p,
-                                  column(b_panels, k, j) + p * width, c + i * ldc + j);
+      const int64_t depth = std::min(kSliceDepth, k - p);
+      const T* b = column(b_panels, k, j) + p * width;
+      if constexpr (is_16_bit_float<T>) {
+        pairs_product(rows, width, depth, a + i * lda + p, lda, b, width, c + i * ldc + j, ldc,
+                      accumulate || p > 0);
+      } else {
+        at::native::cpublas::brgemm(rows, width, depth, lda, width, ldc, accumulate || p > 0,
+                                    a + i * lda + p, b, c + i * ldc + j);
+      }
     }
   }
 }

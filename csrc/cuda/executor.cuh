@@ -91,7 +91,8 @@ struct Executor {
   // The semantics of cpu::Executor::cell_forward, cell_backward and
   // cell_tangent, in PyTorch's gate order.
   // Its activations go to gates in place: layer.h passes `activated` apart
-  // from gates only to executors whose math_t differs from scalar_t.
+  // from gates, and `dgates_wide`, only to executors whose math_t differs
+  // from scalar_t.
   void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                     scalar_t* gates, scalar_t* /*activated*/, const scalar_t* bias, const scalar_t* c_prev,
                     const scalar_t* c0, scalar_t* c_out, scalar_t* h_out) const {
@@ -102,7 +103,8 @@ struct Executor {
   void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                      const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
                      const scalar_t* c0, const scalar_t* dh, const scalar_t* dh_extra,
-                     scalar_t* dc_state, scalar_t* dgates, scalar_t* h_out) const {
+                     scalar_t* dc_state, scalar_t* dgates, scalar_t* /*dgates_wide*/,
+                     scalar_t* h_out) const {
     launch((r1 - r0) * (u1 - u0), cell_backward_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
            gates, cells, c_prev, c0, dh, dh_extra, dc_state, dgates, h_out);
   }
