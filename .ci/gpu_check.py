@@ -9,11 +9,11 @@ nothing, and writes everything into gpu-check/<UTC time>/:
   environment.md     nvidia-smi, torch, CUDA, nvcc, the GPUs
   build.log, ptxas.md    the in-place CUDA build for the GPUs found; registers,
                      shared memory and spills per kernel
-  check.log          python -m lstm_ext.check: the paths this machine takes
-                     (CPU and CUDA, every dtype), each against nn.LSTM
   tests-test_cuda.log    tests/test_cuda.py: the op and the module against the
                      CPU op and nn.LSTM on the GPU, gradcheck, CUDA graphs,
                      streams, determinism
+  check.log          python -m lstm_ext.check: the paths this machine takes
+                     (CPU and CUDA, every dtype), each against nn.LSTM
   bench-float32/, bench-bfloat16/   benchmarks/bench.py --device cuda: markdown,
                      JSON (rewritten after each configuration) and plot
 
@@ -216,8 +216,8 @@ def main() -> None:
              f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}")
     if not build(run, torch, archs):
         sys.exit(1)
-    checked = self_check(run)
-    passed = tests(run) and checked
+    passed = tests(run)
+    passed = self_check(run) and passed
     benchmarks(run)
     run.note(f"done: {'tests passed' if passed else 'TESTS FAILED'}; everything is in {out}")
     sys.exit(0 if passed else 1)

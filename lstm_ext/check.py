@@ -7,11 +7,11 @@ any. Then it runs every path this machine has (float32; bfloat16 and float16,
 natively where chosen and upcast; the same on CUDA) forward, backward and
 forward-mode (tangents) on small odd shapes: an odd number of rows and of
 input features, one input feature, one sequence, packed sequences, two
-bidirectional layers with an odd projection. Each result is compared with nn.LSTM in float64 on the
-same rounded values, and must be as close as nn.LSTM's own run in that dtype
-(within 2x) or within a few roundings of the dtype. Each path runs in a
-process of its own, so that a crash is that path's failure. The exit status
-is 1 when any path fails.
+bidirectional layers with an odd projection. Each result is compared with
+nn.LSTM in float64 on the same rounded values, and must be as close as
+nn.LSTM's own run in that dtype (within 2x) or within a few roundings of the
+dtype. The choice and each path run in a process of their own, so that a
+crash is reported as a failure. The exit status is 1 when anything fails.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
 
-# A few roundings of each dtype, relative (bfloat16 and float16: 4 units of
-# their last place): the least error a check must allow.
+# A few roundings of each dtype, relative (bfloat16 and float16: a unit in the
+# last place at 1, two roundings): the least error a check must allow.
 ROUNDING = {torch.float32: 2.0**-16, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TIMEOUT = 600  # seconds per path
@@ -104,7 +104,42 @@ def cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("lstm_ext::lstm_layer", "CUDA")
 
 
-def describe() -> list[str]:
+def choices() -> dict:
+    """The native path's choice for each 16-bit dtype: {"bfloat16": [native,
+    amx, why], ...}, made in this process (it runs a probe product)."""
+    out = {}
+    for name in ("bfloat16", "float16"):
+        if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+            out[name] = [False, False, "oneDNN is turned off"]
+        else:
+            out[name] = list(torch.ops.lstm_ext.cpu_native_choice(DTYPES[name]))
+    return out
+
+
+def run_child(args: list[str], env: dict | None = None) -> tuple[dict | None, list[str]]:
+    """`python -m lstm_ext.check <args>` in a process of its own, which prints
+    a JSON line last: (that object, []), or (None, what went wrong) if it
+    crashed, timed out or printed none."""
+    command = [sys.executable, "-m", "lstm_ext.check", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        return None, [f"timed out after {TIMEOUT} s"]
+    tail = done.stderr.strip().splitlines()[-5:]
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return None, [f"crashed: {name}", *tail]
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1]), []
+    except (IndexError, json.JSONDecodeError):
+        return None, [f"exit status {done.returncode}", *tail]
+
+
+def describe(chosen: dict) -> list[str]:
     lines = [f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, "
              f"Python {platform.python_version()}",
              f"CPU: {cpu_name()}; CPU kernels: {lstm_ext.cpu_kernels()}",
@@ -112,11 +147,7 @@ def describe() -> list[str]:
     for name in ("ONEDNN_MAX_CPU_ISA", "LSTM_EXT_CPU_NATIVE", "ATEN_CPU_CAPABILITY"):
         if os.environ.get(name):
             lines.append(f"  {name}={os.environ[name]}")
-    for name in ("bfloat16", "float16"):
-        if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
-            lines.append(f"{name}: upcast (oneDNN is turned off)")
-            continue
-        on, amx, why = torch.ops.lstm_ext.cpu_native_choice(DTYPES[name])
+    for name, (on, amx, why) in chosen.items():
         tiles = ", on AMX" if on and amx else ""
         lines.append(f"{name}: {'native' if on else 'upcast'}{tiles} ({why})")
     if torch.cuda.is_available():
@@ -129,10 +160,10 @@ def describe() -> list[str]:
     return lines
 
 
-def paths() -> list[Path]:
+def paths(chosen: dict) -> list[Path]:
     found = [Path("float32", "cpu", False)]
-    for name in ("bfloat16", "float16"):
-        if lstm_ext.cpu_native(DTYPES[name]):
+    for name, (on, _, _) in chosen.items():
+        if on:
             found.append(Path(name, "cpu", True))
         found.append(Path(name, "cpu", False))
     if torch.cuda.is_available() and cuda_kernels():
@@ -229,6 +260,8 @@ def tangents_of(module: nn.Module, case: Case, dtype: torch.dtype, primal, tange
 
 
 def relative_errors(got: dict, exact: dict) -> dict:
+    """Per name, the largest |error| of got[name] against exact[name], relative
+    to the largest |value| of exact[name]."""
     return {k: ((g.double() - exact[k]).abs().max() / exact[k].abs().max().clamp_min(1e-30))
             .item() for k, g in got.items()}
 
@@ -272,23 +305,14 @@ def run_path(path: Path) -> tuple[bool, list[str]]:
     env = dict(os.environ)
     if path.device == "cpu" and path.dtype != "float32" and not path.native:
         env["LSTM_EXT_CPU_NATIVE"] = "0"
-    command = [sys.executable, "-m", "lstm_ext.check", "--path", json.dumps(
-        dataclasses.asdict(path))]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return False, [f"timed out after {TIMEOUT} s"]
-    if done.returncode < 0:
-        return False, [f"crashed: {signal.Signals(-done.returncode).name}",
-                       *done.stderr.strip().splitlines()[-5:]]
-    try:
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        return False, [f"exit status {done.returncode}", *done.stderr.strip().splitlines()[-5:]]
-    return result["ok"], result["lines"]
+    result, trouble = run_child(["--path", json.dumps(dataclasses.asdict(path))], env)
+    return (False, trouble) if result is None else (result["ok"], result["lines"])
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--choices"]:
+        print(json.dumps(choices()))
+        return 0
     if argv[:1] == ["--path"]:
         path = Path(**json.loads(argv[1]))
         try:
@@ -297,11 +321,16 @@ def main(argv: list[str]) -> int:
             result = {"ok": False, "lines": [f"{type(e).__name__}: {e}"]}
         print(json.dumps(result))
         return 0
-    for line in describe():
+    # The choice runs a probe product: in a process of its own too.
+    chosen, trouble = run_child(["--choices"])
+    if chosen is None:
+        print("the native path's choice FAILED:", *trouble, sep="\n    ")
+        return 1
+    for line in describe(chosen):
         print(line)
     print()
     failed = []
-    for path in paths():
+    for path in paths(chosen):
         ok, lines = run_path(path)
         print(f"{path.name}: {'ok' if ok else 'FAILED'}")
         for line in lines:

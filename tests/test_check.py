@@ -39,13 +39,26 @@ def test_a_crash_fails_its_path_only(tmp_path, monkeypatch):
 
 
 def test_a_failed_path_fails_the_command(monkeypatch, capsys):
-    monkeypatch.setattr(check, "describe", lambda: ["(machine)"])
+    chosen = {"bfloat16": [True, False, "(why)"], "float16": [False, False, "(why)"]}
+    monkeypatch.setattr(check, "run_child", lambda args, env=None: (chosen, []))
+    monkeypatch.setattr(check, "describe", lambda chosen: ["(machine)"])
     monkeypatch.setattr(check, "run_path", lambda path: (path.dtype != "float16", ["(why)"]))
     assert check.main([]) == 1
     out = capsys.readouterr().out
+    assert "bfloat16 (cpu, native): ok" in out
     assert "float16 (cpu, upcast): FAILED\n    (why)" in out
-    assert out.rstrip().endswith("failed: " + ", ".join(
-        p.name for p in check.paths() if p.dtype == "float16"))
+    assert out.rstrip().endswith("failed: float16 (cpu, upcast)")
+
+
+def test_a_failed_choice_fails_the_command():
+    """A malformed setting (or a crash in the probe product) is reported by the
+    command, not raised in it."""
+    env = {**os.environ, "LSTM_EXT_CPU_NATIVE": "bf16"}
+    done = subprocess.run([sys.executable, "-m", "lstm_ext.check"], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 1
+    assert done.stdout.startswith("the native path's choice FAILED:\n    exit status 1")
+    assert "LSTM_EXT_CPU_NATIVE: expected 0, 1, or a comma-separated list" in done.stdout
 
 
 def test_a_path_that_is_not_taken_fails():

@@ -152,13 +152,14 @@ ODD = [
 ]
 
 
+def results(run):
+    """A run's outputs, final states and gradients by name."""
+    named = {name: getattr(run, name) for name in ("y", "h_n", "c_n")}
+    return {**named, **{f"grad {name}": g for name, g in run.grads.items()}}
+
+
 def relative_errors(run, exact):
-    """Largest |error| of each output, final state and gradient, relative to
-    the largest |value| of it."""
-    pairs = {name: (getattr(run, name), getattr(exact, name)) for name in ("y", "h_n", "c_n")}
-    pairs.update({f"grad {name}": (g, exact.grads[name]) for name, g in run.grads.items()})
-    return {name: ((a.double() - b).abs().max() / b.abs().max()).item()
-            for name, (a, b) in pairs.items()}
+    return check.relative_errors(results(run), results(exact))
 
 
 def mean_errors(case, path, seeds):

@@ -140,8 +140,8 @@ def test_gpu_check_dry_run(outcome, tmp_path, monkeypatch):
         gpu_check.main()
     assert exit.value.code == (0 if outcome in ("passed", "missing package") else 1)
     steps = [args[0] if args[0] != "-m" else args[-1] for args, _, _ in commands]
-    assert steps == ["setup.py", ".ci/ptxas_report.py", "lstm_ext.check",
-                     *gpu_check.TEST_FILES, "benchmarks/bench.py", "benchmarks/bench.py"]
+    assert steps == ["setup.py", ".ci/ptxas_report.py", *gpu_check.TEST_FILES,
+                     "lstm_ext.check", "benchmarks/bench.py", "benchmarks/bench.py"]
     build_env = commands[0][1]
     assert build_env["LSTM_EXT_CUDA"] == "1" and build_env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert "--force" in commands[0][0] and commands[1][0][-1] == "sm_90"
@@ -151,8 +151,8 @@ def test_gpu_check_dry_run(outcome, tmp_path, monkeypatch):
     out = next((tmp_path / "gpu-check").iterdir())
     summary = (out / "summary.md").read_text()
     assert "NVIDIA H100 (dry run)" in (out / "environment.md").read_text()
-    assert summary.index("built in place for sm_90") < summary.index(
-        "lstm_ext.check: every path passed") < summary.index("test_cuda:") \
+    assert summary.index("built in place for sm_90") < summary.index("test_cuda:") \
+        < summary.index("lstm_ext.check: every path passed") \
         < summary.index("benchmark float32") < summary.index("benchmark bfloat16")
     assert "bfloat16: upcast (why); CUDA 0: NVIDIA H100, sm_90" in summary
     expected = {"passed": "test_cuda: 12 passed", "failed": "test_cuda: FAILED",

@@ -8,7 +8,6 @@
 #include "gemm.h"
 
 #include "brgemm_pairs.h"
-#include "kernels.h"
 #include "native.h"
 #include "tiles.h"
 
@@ -158,6 +157,8 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, 
 #define LSTM_EXT_INSTANTIATE(T)                                                               \
   template void brgemm_pairs<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, \
                                 float*, int64_t, bool);                                        \
+  template void pairs_product<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*,        \
+                                 int64_t, float*, int64_t, bool);                               \
   template void gemm_serial<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, \
                                float*, int64_t, bool);                                         \
   template void gemm_parallel<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*,       \

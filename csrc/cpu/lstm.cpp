@@ -1,7 +1,6 @@
 // The lstm_ext ops on the CPU.
 
 #include "../op.h"
-#include "brgemm_pairs.h"
 #include "executor.h"
 #include "kernels.h"
 #include "native.h"
@@ -11,91 +10,20 @@
 #include <string>
 #include <tuple>
 
-namespace {
-
-using lstm_ext::ptr;
-using lstm_ext::cpu::Executor;
-
-template <typename T>
-void raw_brgemm(int64_t m, int64_t n, int64_t k, const at::Tensor& a, const at::Tensor& b,
-                at::Tensor& c) {
-  if constexpr (lstm_ext::cpu::is_16_bit_float<T>) {
-    TORCH_CHECK(n <= lstm_ext::cpu::kPanel, "_cpu_product: brgemm takes one panel");
-    const at::Tensor pairs = lstm_ext::cpu::vnni_panels(b);
-    lstm_ext::cpu::brgemm_pairs(m, n, k, ptr<T>(a), k, ptr<T>(pairs), n, ptr<float>(c), n,
-                                false);
-  } else {
-    TORCH_CHECK(false, "_cpu_product: brgemm is for bfloat16 and float16");
-  }
-}
-
-// For tests: C = A B through one of the CPU's products for A's dtype, on the
-// operands its executor gives them: "step" and "sequence" (gemm_serial,
-// gemm_parallel) with B laid out as a weight, "weight" (gemm_tn_parallel: A
-// given as (k, m)), "brgemm" (brgemm_pairs itself, with k as given and B in
-// pairs: one panel wide at most). C is in the products' math type.
-at::Tensor product(const at::Tensor& a, const at::Tensor& b, const std::string& kind) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.scalar_type() == b.scalar_type() &&
-                  a.device().is_cpu() && b.device().is_cpu(),
-              "_cpu_product: two CPU matrices of one dtype");
-  const at::Tensor A = a.contiguous(), B = b.contiguous();
-  const bool tn = kind == "weight";
-  const int64_t m = A.size(tn ? 1 : 0), k = A.size(tn ? 0 : 1), n = B.size(1);
-  TORCH_CHECK(B.size(0) == k, "_cpu_product: A and B do not chain");
-  at::Tensor c;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, A.scalar_type(), "_cpu_product", [&] {
-    using Ex = Executor<scalar_t>;
-    using math_t = typename Ex::math_t;
-    const Ex ex;
-    const lstm_ext::cpu::TileScope<scalar_t> tiles;
-    c = at::empty({m, n}, A.options().dtype(c10::CppTypeToScalarType<math_t>::value));
-    if (kind == "weight") {
-      ex.weight_gemm(m, n, k, ptr<scalar_t>(A), m, ptr<scalar_t>(B), n, ptr<math_t>(c), n, false);
-    } else if (kind == "step" || kind == "sequence") {
-      const at::Tensor laid = ex.weights(B, lstm_ext::Gates::none);
-      if (kind == "step") {
-        ex.step_gemm(m, n, k, ptr<scalar_t>(A), k, ex.column(ptr<scalar_t>(laid), k, 0), n,
-                     ptr<math_t>(c), n, false);
-      } else {
-        ex.sequence_gemm(m, n, k, ptr<scalar_t>(A), k, ptr<scalar_t>(laid), ptr<math_t>(c), n,
-                         false);
-      }
-    } else {
-      TORCH_CHECK(kind == "brgemm", "_cpu_product: unknown kind ", kind);
-      raw_brgemm<scalar_t>(m, n, k, A, B, c);
-    }
-  });
-  return c;
-}
-
-}  // namespace
-
 TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
   // Which level of the vectorised kernels this CPU runs (kernels.h).
   m.def("cpu_kernels() -> str", [] { return std::string(lstm_ext::cpu::kernels_level()); });
-  // For tests: forces how the CPU shares a layer's steps between threads
-  // (executor.h; -1: by the shape, 0: by sequences, 1: by hidden units) and
-  // returns the previous setting.
-  m.def("_cpu_split(int choice) -> int", [](int64_t choice) -> int64_t {
-    return lstm_ext::cpu::forced_split.exchange(static_cast<int>(choice));
-  });
-  // Whether bfloat16/float16 layers run their products natively here
-  // (native.h), and, for tests, turning that off: returns the previous
-  // setting of the switch.
+  // Whether bfloat16/float16 layers run their products natively here now
+  // (native.h).
   m.def("cpu_native(ScalarType dtype) -> bool", [](c10::ScalarType dtype) {
     return lstm_ext::cpu::native_products(dtype);
   });
-  m.def("_cpu_native_off(bool off) -> bool",
-        [](bool off) { return lstm_ext::cpu::exchange_native_off(off); });
   // The process's choice for a 16-bit dtype (native.h): native or not, on AMX
   // tiles or not, and why. Needs oneDNN enabled (it asks oneDNN's ISA).
   m.def("cpu_native_choice(ScalarType dtype) -> (bool, bool, str)", [](c10::ScalarType dtype) {
-    TORCH_CHECK(at::globalContext().userEnabledMkldnn(),
-                "cpu_native_choice: oneDNN is turned off (torch.backends.mkldnn)");
     const auto& choice = lstm_ext::cpu::native_choice(dtype);
     return std::make_tuple(choice.on, choice.amx, choice.why);
   });
-  m.def("_cpu_product(Tensor a, Tensor b, str kind) -> Tensor", &product);
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {

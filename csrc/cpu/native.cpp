@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -77,10 +78,23 @@ struct Kernel {
   std::string why;
 };
 
+// make(dtype), made once per process for each 16-bit dtype (make: a lambda,
+// whose type is its own, and so are these statics).
+template <typename Make>
+const auto& once_per_dtype(c10::ScalarType dtype, const Make& make) {
+  using T = decltype(make(dtype));
+  if (dtype == at::kBFloat16) {
+    static const T bf16 = make(at::kBFloat16);
+    return bf16;
+  }
+  static const T f16 = make(at::kHalf);
+  return f16;
+}
+
 // Whether oneDNN's brgemm for dtype runs here on 16-bit dot products with B
 // in pairs (native.h: pairs_kernel), and why (not). could_pack answers for
-// oneDNN's effective ISA, so it needs oneDNN enabled: native_products asks
-// only then.
+// oneDNN's effective ISA, and false while oneDNN is turned off: callers ask
+// only while it is on.
 Kernel kernel(c10::ScalarType dtype) {
   const std::string level = kernels_level();
   if (level != "avx512") {
@@ -110,19 +124,18 @@ Kernel kernel(c10::ScalarType dtype) {
 }
 
 const Kernel& kernel_once(c10::ScalarType dtype) {
-  if (dtype == at::kBFloat16) {
-    static const Kernel bf16 = kernel(at::kBFloat16);
-    return bf16;
-  }
-  static const Kernel f16 = kernel(at::kHalf);
-  return f16;
+  return once_per_dtype(dtype, [](c10::ScalarType d) { return kernel(d); });
+}
+
+std::string native_setting() {
+  const char* env = std::getenv("LSTM_EXT_CPU_NATIVE");
+  return env ? env : "";
 }
 
 // Whether LSTM_EXT_CPU_NATIVE allows dtype's native path: unset, empty or
 // "1", bfloat16's alone; "0", none; otherwise the comma-separated dtypes.
 bool allowed_by_environment(c10::ScalarType dtype) {
-  const char* env = std::getenv("LSTM_EXT_CPU_NATIVE");
-  const std::string value = env ? env : "";
+  const std::string value = native_setting();
   if (value.empty() || value == "1") return dtype == at::kBFloat16;
   if (value == "0") return false;
   bool allowed = false;
@@ -138,15 +151,16 @@ bool allowed_by_environment(c10::ScalarType dtype) {
 
 // A product through brgemm_pairs whose result is exact: small integers,
 // exact in either 16-bit type and in float, with m, n and k such that a
-// kernel taking B in another layout, or another K, gives other numbers; then
-// the same again, accumulated. Empty if it came out exact, else what went
-// wrong.
+// kernel taking B in another layout, or another K, gives other numbers, into
+// C holding NaN (overwritten, not added to); then the same again,
+// accumulated. Empty if it came out exact, else what went wrong (oneDNN's
+// failures to generate a kernel are std::exceptions of its own).
 template <typename T>
 std::string probe() {
   constexpr int64_t m = 3, n = 20, k = 6;
   const auto value = [](int64_t i, int64_t j) { return float((3 * i + 5 * j + 1) % 7 - 3); };
   std::vector<T> a(m * k), b_pairs(k * n);
-  std::vector<float> expected(m * n), c(m * n);
+  std::vector<float> expected(m * n), c(m * n, std::numeric_limits<float>::quiet_NaN());
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t p = 0; p < k; ++p) a[i * k + p] = T(value(i, p));
   }
@@ -167,6 +181,8 @@ std::string probe() {
     if (c != expected) return "gave wrong numbers when accumulating";
   } catch (const c10::Error& e) {
     return std::string("failed: ") + e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return std::string("failed: ") + e.what();
   }
   return "";
 }
@@ -177,11 +193,13 @@ NativeChoice choose(c10::ScalarType dtype) {
   const Kernel& k = kernel_once(dtype);
   if (!k.pairs) return {false, false, k.why};
   if (!allowed) {
-    return {false, k.amx,
-            std::getenv("LSTM_EXT_CPU_NATIVE") || dtype == at::kBFloat16
-                ? "LSTM_EXT_CPU_NATIVE turns it off"
-                : "no machine of ours has run float16's native path (AMX-FP16) yet: "
-                  "LSTM_EXT_CPU_NATIVE=bfloat16,float16 turns it on"};
+    const std::string value = native_setting();
+    if (dtype == at::kHalf && value != "0") {
+      return {false, k.amx,
+              "no machine of ours has run float16's native path (AMX-FP16) yet: "
+              "LSTM_EXT_CPU_NATIVE=bfloat16,float16 turns it on"};
+    }
+    return {false, k.amx, "LSTM_EXT_CPU_NATIVE=" + value + " leaves it off"};
   }
   const std::string failed =
       dtype == at::kBFloat16 ? probe<c10::BFloat16>() : probe<c10::Half>();
@@ -193,17 +211,18 @@ std::atomic<bool> native_off{false};
 
 }  // namespace
 
-bool pairs_kernel(c10::ScalarType dtype) { return kernel_once(dtype).pairs; }
+bool pairs_kernel(c10::ScalarType dtype) {
+  // Without oneDNN, ATen's brgemm takes no pairs at all.
+  return at::globalContext().userEnabledMkldnn() && kernel_once(dtype).pairs;
+}
 
 const NativeChoice& native_choice(c10::ScalarType dtype) {
   TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf,
               "lstm_ext: the native path is for bfloat16 and float16, not ", dtype);
-  if (dtype == at::kBFloat16) {
-    static const NativeChoice bf16 = choose(at::kBFloat16);
-    return bf16;
-  }
-  static const NativeChoice f16 = choose(at::kHalf);
-  return f16;
+  TORCH_CHECK(at::globalContext().userEnabledMkldnn(),
+              "lstm_ext: the native path's choice asks oneDNN, which is turned off "
+              "(torch.backends.mkldnn)");
+  return once_per_dtype(dtype, [](c10::ScalarType d) { return choose(d); });
 }
 
 bool native_products(c10::ScalarType dtype) {
