@@ -41,7 +41,7 @@ CPU_LEVELS = {"DEFAULT": [], **(X86_LEVELS if IS_X86 else {})}
 # With no GPU to look at, the architectures built: Ampere and Hopper, and PTX
 # that newer GPUs compile when they load it.
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
-# The Python modules are empty stubs (csrc/ops.cpp): the ops reach Python through
+# The Python modules are empty stubs (csrc/library.cpp): the ops reach Python through
 # torch's dispatcher, not the Python C API. So they are built against Python's
 # limited API (py_limited_api: torch defines Py_LIMITED_API for 3.10), and one
 # abi3 wheel serves every Python from 3.10 on.

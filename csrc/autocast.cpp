@@ -1,9 +1,9 @@
 // Under torch.autocast the layer runs in autocast's lower-precision dtype, as
 // torch's own lstm does: floating inputs are cast (weights once per autocast
 // region, through autocast's cache), then the op runs with autocast off.
-// float16/bfloat16 then run natively or upcast (op.h).
+// float16/bfloat16 then run natively or upcast (device_ops.h).
 
-#include "lstm.h"
+#include "types.h"
 
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>

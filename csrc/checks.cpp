@@ -1,4 +1,4 @@
-#include "lstm.h"
+#include "types.h"
 
 #include <c10/util/Exception.h>
 

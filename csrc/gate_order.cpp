@@ -1,4 +1,4 @@
-#include "lstm.h"
+#include "types.h"
 
 #include <algorithm>
 

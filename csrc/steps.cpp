@@ -1,4 +1,4 @@
-#include "lstm.h"
+#include "types.h"
 
 namespace lstm_ext {
 

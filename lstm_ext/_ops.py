@@ -13,7 +13,7 @@ lstm_layer_jvp = torch.ops.lstm_ext.lstm_layer_jvp.default
 
 def _saved_cells_dtype(dtype: torch.dtype) -> torch.dtype:
     """The saved gates are in the input's dtype; the saved cells of float16 and
-    bfloat16 in float (lstm.h)."""
+    bfloat16 in float (types.h)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -114,8 +114,9 @@ def register(namespace: str):
     return entry
 
 
-# lstm_layer's arguments; y, h_n and c_n, by whichever op serves.
-layer = register("lstm_ext")
+# The layer's entry point: lstm_layer's arguments; y, h_n and c_n, by
+# whichever op serves.
+layer_entry = register("lstm_ext")
 
 
 @torch.library.custom_op("lstm_ext::packed_zeros", mutates_args=())

@@ -53,7 +53,7 @@ def test_gradcheck(cfg):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_matches_cpu_op(dtype):
-    """float16/bfloat16 reach the CUDA executor as float (op.h): same results
+    """float16/bfloat16 reach the CUDA executor as float (device_ops.h): same results
     as the CPU op's, up to the rounding of float sums done in another order."""
     problem = Problem(Case(T=6, B=4, packed=True, proj=3, dtype=torch.float32))
     for leaf in problem.leaves():

@@ -1,6 +1,6 @@
 #pragma once
-// The one way into oneDNN's brgemm for bfloat16/float16 operands, and the
-// tile state around it.
+// bfloat16/float16 operands as oneDNN's brgemm takes them, the one way into
+// it for them, and the tile state around it.
 //
 // brgemm_pairs checks what the kernels need on every call, so that a
 // violation is an error on every CPU that runs the native path, not a crash
@@ -15,9 +15,15 @@
 
 namespace lstm_ext::cpu {
 
+// Rows [p0, p1) (p0 even) of the (k, n) matrix b (row stride ldb) in VNNI
+// pairs of rows, n wide, at dst: the pair of rows (p, p + 1) is the 2n values
+// from dst + (p - p0) * n on, the row past k zero.
+template <typename T, typename = IfReduced<T>>
+void to_pairs(const T* b, int64_t ldb, int64_t k, int64_t n, int64_t p0, int64_t p1, T* dst);
+
 // C[m,n] (+)= A[m,k] B[k,n]: A row-major (lda), B as k / 2 rows of pairs
 // (ldb columns per row of pairs), C float (ldc).
-template <typename T, typename = If16Bit<T>>
+template <typename T, typename = IfReduced<T>>
 void brgemm_pairs(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_pairs,
                   int64_t ldb, float* c, int64_t ldc, bool accumulate);
 
@@ -25,7 +31,7 @@ void brgemm_pairs(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, cons
 // last): an even k's pairs through brgemm_pairs; an odd k's last row as a
 // rank-one update here, so that A needs no zero column (A may be x or h, in
 // place). Its products are exact in float, as brgemm's are.
-template <typename T, typename = If16Bit<T>>
+template <typename T, typename = IfReduced<T>>
 void pairs_product(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_pairs,
                    int64_t ldb, float* c, int64_t ldc, bool accumulate);
 
@@ -42,10 +48,10 @@ void release_tiles();
 template <typename T>
 struct TileScope {
   TileScope() {
-    if constexpr (is_16_bit_float<T>) release_tiles();
+    if constexpr (is_reduced_precision_v<T>) release_tiles();
   }
   ~TileScope() {
-    if constexpr (is_16_bit_float<T>) release_tiles();
+    if constexpr (is_reduced_precision_v<T>) release_tiles();
   }
   TileScope(const TileScope&) = delete;
   TileScope& operator=(const TileScope&) = delete;

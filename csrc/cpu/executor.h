@@ -1,8 +1,11 @@
 #pragma once
-// The CPU executor for layer.h. The threads split the batch, not the steps:
-// sequences are independent but for the weights they read, so each thread
-// runs the whole time loop over its own range of sequences with no barrier,
-// and its gates and states stay in its own cache. The cell passes are the
+// The CPU executor for the step engine (step_engine.h) and layer.h. The
+// threads share a step's work in one of two ways, chosen from the shape
+// (split_by_units): by sequences, each thread running the whole time loop
+// over its own range of sequences with no barrier, its gates and states in
+// its own cache; or, with few sequences per thread, by hidden units, every
+// thread taking part of each phase of each step (its slice of the weights in
+// its cache) with a barrier after each phase. The cell passes are the
 // vectorised kernels of kernels.h; products go to gemm.h.
 //
 // scalar_t is the storage type of the products' operands (the input, the
@@ -10,7 +13,7 @@
 // math and the cell state: float for bfloat16 and float16 (the native path,
 // native.h), scalar_t otherwise.
 
-#include "../lstm.h"
+#include "../types.h"
 #include "brgemm_pairs.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -31,11 +34,11 @@ inline std::atomic<int> forced_split{-1};
 template <typename scalar_t_>
 struct Executor {
   using scalar_t = scalar_t_;
-  using math_t = std::conditional_t<is_16_bit_float<scalar_t>, float, scalar_t>;
+  using math_t = std::conditional_t<is_reduced_precision_v<scalar_t>, float, scalar_t>;
 
   // Whether float16/bfloat16 layers run natively on this CPU (native.h).
-  static constexpr bool kNative16 = true;
-  static bool native_products(at::ScalarType dtype) { return cpu::native_products(dtype); }
+  static constexpr bool kHasNative = true;
+  static bool runs_native(at::ScalarType dtype) { return cpu::runs_native(dtype); }
 
   // Calls body(first, last) once per thread, each with its own range of
   // sequences [first, last), balanced by their numbers of steps. Loops of

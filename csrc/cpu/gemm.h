@@ -6,14 +6,13 @@
 // at::native::cpublas::brgemm (JIT, AVX2 up to AVX-512; ATen falls back to
 // its own BLAS call where oneDNN cannot run), in tiles and K slices. On the
 // machines we measure, MKL's sgemm reaches half of that (it takes a generic
-// code path on non-Intel CPUs). double has no brgemm: MKL's dgemm, which
-// libtorch_cpu exports.
+// code path on non-Intel CPUs). bfloat16 and float16 go the same way, on
+// operands in pairs (brgemm_pairs.h). double has no brgemm: MKL's dgemm,
+// which libtorch_cpu exports.
 
-#include "../lstm.h"
+#include "../types.h"
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -42,15 +41,17 @@ at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group);
 void to_pytorch_gate_order(at::Tensor& t, int64_t dim, int64_t group);
 
 // Column col0 on of a laid-out (k, n) weight, as the products below take it
-// (with n as ldb): for float panels col0 must start one.
+// (with n as ldb). In column panels, col0 must be the first column of a
+// panel.
 inline const float* column(const float* b, int64_t k, int64_t col0) { return b + k * col0; }
 inline const double* column(const double* b, int64_t, int64_t col0) { return b + col0; }
 
-// The 16-bit types of the native path (native.h).
+// The products of the native path's types (native.h), and all those that
+// brgemm runs.
 template <typename T>
-constexpr bool is_16_bit_float = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+using IfReduced = std::enable_if_t<is_reduced_precision_v<T>>;
 template <typename T>
-using If16Bit = std::enable_if_t<is_16_bit_float<T>>;
+using IfBrgemm = std::enable_if_t<std::is_same_v<T, float> || is_reduced_precision_v<T>>;
 
 // A contiguous bfloat16/float16 (k, n) matrix as brgemm takes it: column
 // panels kPanel wide (the last one narrower), each over k rounded up to even
@@ -61,43 +62,37 @@ at::Tensor vnni_panels(const at::Tensor& b);
 // The depth of a VNNI panel over k: k rounded up to even.
 inline int64_t vnni_depth(int64_t k) { return (k + 1) / 2 * 2; }
 
-template <typename T, typename = If16Bit<T>>
+template <typename T, typename = IfReduced<T>>
 const T* column(const T* b, int64_t k, int64_t col0) {
   return b + vnni_depth(k) * col0;
 }
 
+// The products. float, bfloat16 and float16 (T) go through brgemm, C in
+// float (b laid out by weight_layout); double through MKL (b row-major).
+
 // On the calling thread: the time loop calls it from inside its own threads.
 // b is from column(); ldb is the laid-out weight's n (double only).
-void gemm_serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                 const float* b_laid_out, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+template <typename T, typename = IfBrgemm<T>>
+void gemm_serial(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_laid_out,
+                 int64_t ldb, float* c, int64_t ldc, bool accumulate);
 void gemm_serial(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                  const double* b_laid_out, int64_t ldb, double* c, int64_t ldc,
                  bool accumulate);
 
-// bfloat16/float16 operands, C in float (b from weight_layout).
-template <typename T, typename = If16Bit<T>>
-void gemm_serial(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
-                 int64_t ldb, float* c, int64_t ldc, bool accumulate);
-
 // Tiles spread over ATen's intra-op threads: the whole-sequence products.
-void gemm_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                   const float* b_laid_out, float* c, int64_t ldc, bool accumulate);
+template <typename T, typename = IfBrgemm<T>>
+void gemm_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_laid_out,
+                   float* c, int64_t ldc, bool accumulate);
 void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
                    const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
 
-template <typename T, typename = If16Bit<T>>
-void gemm_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b_panels,
-                   float* c, int64_t ldc, bool accumulate);
-
 // C[m,n] (+)= A[k,m]^T B[k,n], parallel: weight gradients, which sum over the
-// k rows of a sequence. The narrower of A and B is transposed slice by slice
-// in cache, so no transposed copy of either is ever made.
-void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
-void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
-                      const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
-template <typename T, typename = If16Bit<T>>
+// k rows of a sequence. One operand is transposed slice by slice in cache
+// (float: the narrower), so no transposed copy of either is ever made.
+template <typename T, typename = IfBrgemm<T>>
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                       int64_t ldb, float* c, int64_t ldc, bool accumulate);
+void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                      const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate);
 
 }  // namespace lstm_ext::cpu

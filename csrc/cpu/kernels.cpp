@@ -19,14 +19,14 @@
 namespace lstm_ext::cpu::CPU_CAPABILITY {
 namespace {
 
-// Stores the first n values of v at dst, rounded to out_t when that is
+// Stores the first n values of v at dst, rounded to scalar_t when that is
 // narrower.
-template <typename out_t, typename Vec>
-void store(const Vec& v, out_t* dst, int64_t n) {
-  if constexpr (std::is_same_v<out_t, typename Vec::value_type>) {
+template <typename scalar_t, typename Vec>
+void store(const Vec& v, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, typename Vec::value_type>) {
     v.store(dst, n);
   } else {
-    at::vec::convert_from_float<out_t>(v, v).store(dst, n);
+    at::vec::convert_from_float<scalar_t>(v, v).store(dst, n);
   }
 }
 
@@ -40,14 +40,14 @@ Vec load(const in_t* src, int64_t n) {
   }
 }
 
-template <typename scalar_t, typename out_t = scalar_t>
+template <typename math_t, typename scalar_t = math_t>
 struct Cells {
-  using Vec = at::vec::Vectorized<scalar_t>;
+  using Vec = at::vec::Vectorized<math_t>;
 
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                      int64_t group, const scalar_t* gates, out_t* activated,
-                      const scalar_t* bias, const scalar_t* c_prev, const scalar_t* c0,
-                      scalar_t* c_out, out_t* h_out) {
+                      int64_t group, const math_t* gates, scalar_t* activated,
+                      const math_t* bias, const math_t* c_prev, const math_t* c0,
+                      math_t* c_out, scalar_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const int64_t at = k.row * 4 * H + k.column;
       auto [i, f, gg, o] = load_gates(gates + at, k, bias, H);
@@ -56,7 +56,7 @@ struct Cells {
       lstm_ext::cell_forward(i, f, gg, o, Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n),
                              c, h);
       if (activated) {
-        out_t* a = activated + at;
+        scalar_t* a = activated + at;
         store(i, a, k.n);
         store(f, a + k.stride, k.n);
         store(gg, a + 2 * k.stride, k.n);
@@ -68,10 +68,10 @@ struct Cells {
   }
 
   static void backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried,
-                       int64_t H, int64_t group, const out_t* gates, const scalar_t* cells,
-                       const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
-                       const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
-                       scalar_t* dgates_wide, out_t* h_out) {
+                       int64_t H, int64_t group, const scalar_t* gates, const math_t* cells,
+                       const math_t* c_prev, const math_t* c0, const math_t* dh,
+                       const math_t* dh_extra, math_t* dc_state, scalar_t* dgates,
+                       math_t* dgates_wide, scalar_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const auto [i, f, g, o] = load_gates(gates + k.row * 4 * H + k.column, k, nullptr, H);
       const int64_t e = k.row * H + k.unit;
@@ -98,10 +98,10 @@ struct Cells {
   }
 
   static void tangent(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                      int64_t group, const scalar_t* gates, const scalar_t* cells,
-                      const scalar_t* c_prev, const scalar_t* c0, const scalar_t* t_bias,
-                      const scalar_t* t_gates, const scalar_t* t_c_prev, const scalar_t* t_c0,
-                      scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out) {
+                      int64_t group, const math_t* gates, const math_t* cells,
+                      const math_t* c_prev, const math_t* c0, const math_t* t_bias,
+                      const math_t* t_gates, const math_t* t_c_prev, const math_t* t_c0,
+                      math_t* t_c_out, math_t* t_h_out, math_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const int64_t at = k.row * 4 * H + k.column;
       const auto [i, f, g, o] = load_gates(gates + at, k, nullptr, H);
@@ -119,8 +119,8 @@ struct Cells {
     });
   }
 
-  static void add(out_t* dst, const scalar_t* a, const scalar_t* b, int64_t n) {
-    if constexpr (std::is_same_v<out_t, scalar_t>) {
+  static void add(scalar_t* dst, const math_t* a, const math_t* b, int64_t n) {
+    if constexpr (std::is_same_v<scalar_t, math_t>) {
       at::vec::map2([](Vec u, Vec v) { return u + v; }, dst, a, b, n);
     } else {
       for (int64_t i = 0; i < n; i += Vec::size()) {
@@ -139,7 +139,7 @@ struct Cells {
   // The four gates of a chunk at g (its column), plus the bias's (PyTorch's
   // order, 4H) when it is given.
   template <typename in_t>
-  static std::array<Vec, 4> load_gates(const in_t* g, const Chunk& k, const scalar_t* bias,
+  static std::array<Vec, 4> load_gates(const in_t* g, const Chunk& k, const math_t* bias,
                                        int64_t H) {
     std::array<Vec, 4> out;
     for (int64_t q = 0; q < 4; ++q) {
@@ -164,7 +164,7 @@ struct Cells {
     }
   }
 
-  static constexpr CellKernels<scalar_t, out_t> table{&forward, &backward, &tangent, &add};
+  static constexpr CellKernels<math_t, scalar_t> table{&forward, &backward, &tangent, &add};
 };
 
 // 16 x 16 at a time in registers (AVX2 and AVX-512 both have that size unmasked).

@@ -19,26 +19,27 @@ namespace lstm_ext::cpu {
 
 // Rows [r0, r1) and hidden units [u0, u1) of one step, with the semantics of
 // the executor's passes (executor.h); gates in the gate order of `group`.
-// scalar_t is the math type; out_t (float16, bfloat16, or scalar_t itself)
-// the type of what the passes write for a product to read (h_t, the gate
-// gradients) or for backward to keep (the activated gates).
-template <typename scalar_t, typename out_t = scalar_t>
+// math_t and scalar_t as in the executor: the math type, and the storage
+// type (float16, bfloat16, or math_t itself) of what the passes write for a
+// product to read (h_t, the gate gradients) or for backward to keep (the
+// activated gates).
+template <typename math_t, typename scalar_t = math_t>
 struct CellKernels {
   void (*forward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                  int64_t group, const scalar_t* gates, out_t* activated, const scalar_t* bias,
-                  const scalar_t* c_prev, const scalar_t* c0, scalar_t* c_out, out_t* h_out);
+                  int64_t group, const math_t* gates, scalar_t* activated, const math_t* bias,
+                  const math_t* c_prev, const math_t* c0, math_t* c_out, scalar_t* h_out);
   void (*backward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                   int64_t group, const out_t* gates, const scalar_t* cells,
-                   const scalar_t* c_prev, const scalar_t* c0, const scalar_t* dh,
-                   const scalar_t* dh_extra, scalar_t* dc_state, out_t* dgates,
-                   scalar_t* dgates_wide, out_t* h_out);
+                   int64_t group, const scalar_t* gates, const math_t* cells,
+                   const math_t* c_prev, const math_t* c0, const math_t* dh,
+                   const math_t* dh_extra, math_t* dc_state, scalar_t* dgates,
+                   math_t* dgates_wide, scalar_t* h_out);
   void (*tangent)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                  int64_t group, const scalar_t* gates, const scalar_t* cells,
-                  const scalar_t* c_prev, const scalar_t* c0, const scalar_t* t_bias,
-                  const scalar_t* t_gates, const scalar_t* t_c_prev, const scalar_t* t_c0,
-                  scalar_t* t_c_out, scalar_t* t_h_out, scalar_t* h_out);
+                  int64_t group, const math_t* gates, const math_t* cells,
+                  const math_t* c_prev, const math_t* c0, const math_t* t_bias,
+                  const math_t* t_gates, const math_t* t_c_prev, const math_t* t_c0,
+                  math_t* t_c_out, math_t* t_h_out, math_t* h_out);
   // dst = a + b, n elements.
-  void (*add)(out_t* dst, const scalar_t* a, const scalar_t* b, int64_t n);
+  void (*add)(scalar_t* dst, const math_t* a, const math_t* b, int64_t n);
 };
 
 // The most rows few_rows_gemm takes.
@@ -59,14 +60,14 @@ struct Kernels {
                         const float* b_panels, int64_t panel, float* c, int64_t ldc,
                         bool accumulate);
 
-  // The passes for products of storage type storage_t.
-  template <typename storage_t>
+  // The passes for products of storage type scalar_t.
+  template <typename scalar_t>
   const auto& cells() const {
-    if constexpr (std::is_same_v<storage_t, float>) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
       return f;
-    } else if constexpr (std::is_same_v<storage_t, double>) {
+    } else if constexpr (std::is_same_v<scalar_t, double>) {
       return d;
-    } else if constexpr (std::is_same_v<storage_t, c10::BFloat16>) {
+    } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       return bf16;
     } else {
       return f16;

@@ -225,7 +225,7 @@ const NativeChoice& native_choice(c10::ScalarType dtype) {
   return once_per_dtype(dtype, [](c10::ScalarType d) { return choose(d); });
 }
 
-bool native_products(c10::ScalarType dtype) {
+bool runs_native(c10::ScalarType dtype) {
   return (dtype == at::kBFloat16 || dtype == at::kHalf) && !native_off.load() &&
          at::globalContext().userEnabledMkldnn() && native_choice(dtype).on;
 }

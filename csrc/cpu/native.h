@@ -35,7 +35,7 @@ const NativeChoice& native_choice(c10::ScalarType dtype);
 // Whether dtype layers run natively now: the choice, oneDNN enabled
 // (torch.backends.mkldnn), and not turned off by exchange_native_off(true)
 // (tests), which returns the previous setting.
-bool native_products(c10::ScalarType dtype);
+bool runs_native(c10::ScalarType dtype);
 bool exchange_native_off(bool off);
 
 }  // namespace lstm_ext::cpu

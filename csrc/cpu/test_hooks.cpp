@@ -19,7 +19,7 @@ using lstm_ext::cpu::Executor;
 template <typename T>
 void raw_brgemm(int64_t m, int64_t n, int64_t k, const at::Tensor& a, const at::Tensor& b,
                 at::Tensor& c, bool accumulate) {
-  if constexpr (lstm_ext::cpu::is_16_bit_float<T>) {
+  if constexpr (lstm_ext::is_reduced_precision_v<T>) {
     TORCH_CHECK(n <= lstm_ext::cpu::kPanel, "_cpu_product: brgemm takes one panel");
     const at::Tensor pairs = lstm_ext::cpu::vnni_panels(b);
     lstm_ext::cpu::brgemm_pairs(m, n, k, ptr<T>(a), k, ptr<T>(pairs), n, ptr<float>(c), n,

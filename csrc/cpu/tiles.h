@@ -1,5 +1,5 @@
 #pragma once
-// How the CPU's products (gemm.cpp, gemm_reduced.cpp) cut their work for
+// How the CPU's products (gemm.cpp, weight_layout.cpp) cut their work for
 // brgemm, whatever the operands' type: tiles of C, slices of long sums, and
 // the panels of a laid-out weight made from nn.LSTM's transposed weights.
 
@@ -41,6 +41,20 @@ bool handled_empty(int64_t m, int64_t n, int64_t k, C* c, int64_t ldc, bool accu
   return true;
 }
 
+// C[m,n] (+)= A[m,k] B[k,n] for one tile or slice, A row-major: float
+// straight to brgemm, B row-major (ldb); 16-bit through pairs_product, B in
+// pairs (ldb columns), any k.
+inline void tile_product(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                         const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c);
+}
+
+template <typename T, typename = IfReduced<T>>
+void tile_product(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                  int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  pairs_product(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 // Tiles [begin, end) of C, each kTileRows rows by one panel of B (laid out by
 // weight_layout), the panel index fastest so that a task's tiles share rows
 // of A. Long sums go in slices of kSliceDepth (even: a 16-bit panel's pairs
@@ -53,15 +67,9 @@ void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, co
     const int64_t i = (tile / tiles_n) * kTileRows, j = (tile % tiles_n) * kPanel;
     const int64_t rows = std::min(kTileRows, m - i), width = std::min(kPanel, n - j);
     for (int64_t p = 0; p < k; p += kSliceDepth) {
-      const int64_t depth = std::min(kSliceDepth, k - p);
-      const T* b = column(b_panels, k, j) + p * width;
-      if constexpr (is_16_bit_float<T>) {
-        pairs_product(rows, width, depth, a + i * lda + p, lda, b, width, c + i * ldc + j, ldc,
-                      accumulate || p > 0);
-      } else {
-        at::native::cpublas::brgemm(rows, width, depth, lda, width, ldc, accumulate || p > 0,
-                                    a + i * lda + p, b, c + i * ldc + j);
-      }
+      tile_product(rows, width, std::min(kSliceDepth, k - p), a + i * lda + p, lda,
+                   column(b_panels, k, j) + p * width, width, c + i * ldc + j, ldc,
+                   accumulate || p > 0);
     }
   }
 }

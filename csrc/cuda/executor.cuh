@@ -11,7 +11,7 @@
 // Nothing here waits on the host or allocates, so a whole layer can be
 // captured in a CUDA graph.
 
-#include "../lstm.h"
+#include "../types.h"
 #include "kernels.cuh"
 
 #include <algorithm>
@@ -21,9 +21,9 @@ namespace lstm_ext::cuda {
 template <typename Backend, typename scalar_t_>
 struct Executor {
   using scalar_t = scalar_t_;
-  // Products and cells in the same type (op.h upcasts float16 and bfloat16).
+  // Products and cells in the same type (device_ops.h upcasts float16 and bfloat16).
   using math_t = scalar_t;
-  static constexpr bool kNative16 = false;
+  static constexpr bool kHasNative = false;
   static constexpr int64_t kThreads = 256;
 
   Backend backend;

@@ -1,6 +1,6 @@
 // The lstm_ext ops on the CPU.
 
-#include "../op.h"
+#include "../device_ops.h"
 #include "executor.h"
 #include "kernels.h"
 #include "native.h"
@@ -16,7 +16,7 @@ TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
   // Whether bfloat16/float16 layers run their products natively here now
   // (native.h).
   m.def("cpu_native(ScalarType dtype) -> bool", [](c10::ScalarType dtype) {
-    return lstm_ext::cpu::native_products(dtype);
+    return lstm_ext::cpu::runs_native(dtype);
   });
   // The process's choice for a 16-bit dtype (native.h): native or not, on AMX
   // tiles or not, and why. Needs oneDNN enabled (it asks oneDNN's ISA).
@@ -27,7 +27,7 @@ TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
-  using K = lstm_ext::Kernels<lstm_ext::cpu::Executor, c10::DeviceType::CPU>;
+  using K = lstm_ext::DeviceOps<lstm_ext::cpu::Executor, c10::DeviceType::CPU>;
   m.impl("lstm_layer", &K::forward);
   m.impl("lstm_layer_inference", &K::inference);
   m.impl("lstm_layer_backward", &K::backward);

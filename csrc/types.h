@@ -2,10 +2,13 @@
 // The op's C++ signatures and the argument checks every device runs first.
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -98,13 +101,23 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batc
 // Checks each tangent against the input it belongs to.
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj);
 
-// float16 and bfloat16: products natively or upcast, the rest in float (op.h).
+// float16 and bfloat16, "reduced precision" (as ATen's dispatch macros call
+// them): products natively or upcast, the rest in float (device_ops.h).
 inline bool is_reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+template <typename T>
+constexpr bool is_reduced_precision_v =
+    std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 // The dtype of the saved cells for inputs of dtype t (the saved gates are in
 // t: activations in [-1, 1], which float16/bfloat16 hold to their precision;
 // the cell state is float).
 inline at::ScalarType saved_cells_dtype(at::ScalarType t) {
   return is_reduced_precision(t) ? at::kFloat : t;
+}
+
+// t's data as T* (T may be const), or null where t is undefined.
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<std::remove_const_t<T>>() : nullptr;
 }
 
 // x is on `device` and of a floating dtype the op computes in.

@@ -3,7 +3,7 @@
 // backend, on CPU tensors. For the tests, which check the CUDA code on
 // machines without a GPU; the shipped lstm_ext ops do not include it.
 
-#include "../op.h"
+#include "../device_ops.h"
 #include "../schema.h"
 
 #include <Python.h>
@@ -38,7 +38,7 @@ TORCH_LIBRARY(lstm_ext_emu, m) {
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext_emu, CPU, m) {
-  using K = lstm_ext::Kernels<lstm_ext::Executor, c10::DeviceType::CPU>;
+  using K = lstm_ext::DeviceOps<lstm_ext::Executor, c10::DeviceType::CPU>;
   m.impl("lstm_layer", &K::forward);
   m.impl("lstm_layer_inference", &K::inference);
   m.impl("lstm_layer_backward", &K::backward);

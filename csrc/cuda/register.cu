@@ -1,6 +1,6 @@
 // The lstm_ext ops on CUDA.
 
-#include "../op.h"
+#include "../device_ops.h"
 #include "backend.cuh"
 #include "executor.cuh"
 
@@ -26,7 +26,7 @@ struct DeviceGuard {
 }  // namespace lstm_ext
 
 TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
-  using K = lstm_ext::Kernels<lstm_ext::Executor, c10::DeviceType::CUDA, lstm_ext::DeviceGuard>;
+  using K = lstm_ext::DeviceOps<lstm_ext::Executor, c10::DeviceType::CUDA, lstm_ext::DeviceGuard>;
   m.impl("lstm_layer", &K::forward);
   m.impl("lstm_layer_inference", &K::inference);
   m.impl("lstm_layer_backward", &K::backward);
