@@ -117,6 +117,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
+  static_assert(reduced == !std::is_same_v<scalar_t, math_t>);
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options(), math_opts = opts.dtype(math_dtype<Ex>());
 
@@ -194,6 +195,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
+  static_assert(reduced == !std::is_same_v<scalar_t, math_t>);
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto math = math_dtype<Ex>();
   const auto opts = x.options(), math_opts = opts.dtype(math);

@@ -33,6 +33,7 @@
 #include "types.h"
 
 #include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <utility>
@@ -55,7 +56,9 @@ struct Rows {
   explicit Rows(Tensor t)
       : tensor(std::move(t)),
         data(ptr<T>(tensor)),
-        width(tensor.defined() ? tensor.size(1) : 0) {}
+        width(tensor.defined() ? tensor.size(1) : 0) {
+    TORCH_INTERNAL_ASSERT(!tensor.defined() || (tensor.dim() == 2 && tensor.is_contiguous()));
+  }
   T* at(int64_t r) const { return data + r * width; }
   explicit operator bool() const { return data != nullptr; }
 };

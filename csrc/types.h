@@ -114,10 +114,15 @@ inline at::ScalarType saved_cells_dtype(at::ScalarType t) {
   return is_reduced_precision(t) ? at::kFloat : t;
 }
 
-// t's data as T* (T may be const), or null where t is undefined.
+// t's data as T* (T may be const: read only), or null where t is undefined.
 template <typename T>
 T* ptr(const Tensor& t) {
-  return t.defined() ? t.data_ptr<std::remove_const_t<T>>() : nullptr;
+  if (!t.defined()) return nullptr;
+  if constexpr (std::is_const_v<T>) {
+    return t.const_data_ptr<std::remove_const_t<T>>();
+  } else {
+    return t.data_ptr<T>();
+  }
 }
 
 // x is on `device` and of a floating dtype the op computes in.

@@ -57,7 +57,7 @@ struct Executor {
   // Whether each step is split between the threads by hidden units (each
   // thread then streams its slice of the weights, with a barrier per phase)
   // rather than the batch by sequences (no barrier): when the threads would
-  // get few sequences each for the hidden size. Measured (README): with 1-2
+  // get few sequences each for the hidden size. Measured (benchmarks/README.md): with 1-2
   // sequences per thread the units win from H = 128 (1.2-1.7x), with 4 from
   // H = 256, with 8 from H = 512 (1.2x at H = 1024); otherwise the sequences,
   // by up to 1.2x (B = 8, H = 128: a step is too short for a barrier).

@@ -87,8 +87,9 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda
                    const double* b_laid_out, double* c, int64_t ldc, bool accumulate);
 
 // C[m,n] (+)= A[k,m]^T B[k,n], parallel: weight gradients, which sum over the
-// k rows of a sequence. One operand is transposed slice by slice in cache
-// (float: the narrower), so no transposed copy of either is ever made.
+// k rows of a sequence. A is transposed slice by slice in cache; float with
+// m > n transposes B once instead (n x k, which a block bounds), 16-bit puts
+// B in pairs once.
 template <typename T, typename = IfBrgemm<T>>
 void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                       int64_t ldb, float* c, int64_t ldc, bool accumulate);
