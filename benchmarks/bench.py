@@ -12,12 +12,16 @@ benchmarks/results/bench.{md,json,png}.
 
 Forward rows add, on the CPU in float32 where onnxruntime is installed, nn.LSTM
 exported to ONNX and run by onnxruntime on the same threads (what an LSTM is
-deployed with), and on a GPU our forward replayed from a CUDA graph. On a GPU
-the times are synchronised (torch.utils.benchmark does it) and memory is the
-caching allocator's peak.
+deployed with), and on a GPU our forward replayed from a CUDA graph. Decode
+rows (hx: one step, or a short chunk, from a given state, no gradient) have
+only that forward, against a stacked nn.LSTMCell loop too, and torch.mm
+reading the same weights once. On a GPU the times are synchronised
+(torch.utils.benchmark does it) and memory is the caching allocator's peak.
+lstm_ext's memory adds the weights' layouts it keeps between inference calls.
 
     python benchmarks/bench.py          # quick grid (make bench)
     python benchmarks/bench.py --full   # the whole grid
+    python benchmarks/bench.py --decode # decode steps (T=1 with hx, no grad)
     python benchmarks/bench.py --config "B=5,T=40,I=24,H=48,layers=2,packed" --dtype bfloat16
     python benchmarks/bench.py --device cuda --dtype bfloat16   # the GPU grid
 """
@@ -74,18 +78,23 @@ def run(config: configs.Config, setting: Setting, timings: list) -> list[dict]:
     dtype, device = setting.dtype, setting.device
     models = measure.models(config, dtype, device)
     x, rows, lengths = measure.inputs(config, dtype, device)
+    hx = measure.state(config, dtype, device)
     mm = measure.mm_flops_per_second(config, rows, dtype, device, setting.min_run_time)
     peak_bytes = measure.peak_cuda_memory_bytes if device == "cuda" else measure.peak_memory_bytes
+    modes = ((("decode", lambda model, x: measure.forward_fn(model, x, hx)),) if config.hx else
+             (("forward", measure.forward_fn), ("forward+backward", measure.training_fn)))
     results = []
-    for mode, make in (("forward", measure.forward_fn), ("forward+backward", measure.training_fn)):
+    for mode, make in modes:
         fns = {name: make(model, x) for name, model in models.items()}
         work = measure.flops(fns["lstm_ext"])
-        if mode == "forward":
-            fns.update(extra_forward_fns(config, models, x, lengths, setting))
+        if mode != "forward+backward":
+            fns.update(extra_forward_fns(config, models, x, lengths, hx, setting))
         peak = {}
         for name, fn in fns.items():
             fn()  # warm-up: kernels JIT-compiled, caches filled
             peak[name] = peak_bytes(fn) / 2**20
+        # What lstm_ext keeps between calls: the weights' layouts of inference.
+        peak["lstm_ext"] += models["lstm_ext"].layout_cache_bytes() / 2**20
         measurements, per_round = measure.interleaved(fns, setting.min_run_time, ROUNDS, "LSTM",
                                                       f"{config.name} {mode}")
         timings += measurements.values()
@@ -99,17 +108,26 @@ def run(config: configs.Config, setting: Setting, timings: list) -> list[dict]:
     return results
 
 
-def extra_forward_fns(config, models, x, lengths, setting: Setting) -> dict:
+def extra_forward_fns(config, models, x, lengths, hx, setting: Setting) -> dict:
     """Forward-only columns: on a GPU, our forward replayed from a CUDA graph; on
     the CPU in float32, nn.LSTM exported to ONNX and run by onnxruntime, where it
-    is installed and nn.LSTM's export works."""
+    is installed and nn.LSTM's export works; for a decode row, torch.mm reading
+    the same weights once (its floor)."""
+    fns = {}
+    if config.hx:
+        fns["torch.mm, weights once"] = measure.weights_once_fn(config, setting.dtype,
+                                                                setting.device)
     if setting.device == "cuda":
-        return {"lstm_ext CUDA graph": measure.cuda_graph_forward_fn(models["lstm_ext"], x)}
+        if not config.hx:
+            fns["lstm_ext CUDA graph"] = measure.cuda_graph_forward_fn(models["lstm_ext"], x)
+        return fns
     if setting.dtype != torch.float32 or importlib.util.find_spec("onnxruntime") is None:
-        return {}
+        return fns
     fn = measure.onnxruntime_forward_fn(models["nn.LSTM"], x, lengths, setting.threads,
-                                        setting.scratch / "lstm.onnx")
-    return {"onnxruntime": fn} if fn is not None else {}
+                                        setting.scratch / "lstm.onnx", hx)
+    if fn is not None:
+        fns["onnxruntime"] = fn
+    return fns
 
 
 DTYPES = {name: getattr(torch, name) for name in ("float32", "float64", "bfloat16", "float16")}
@@ -119,6 +137,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true",
                         help="the whole grid (about 10 minutes on the CPU)")
+    parser.add_argument("--decode", action="store_true",
+                        help="the decode steps' grid: T=1 (and a T=4 chunk) with hx, no grad")
     parser.add_argument("--config", action="append", type=config_arg, default=[],
                         metavar="SPEC", help="in place of the grid (repeatable): e.g. "
                         '"B=5,T=40,I=24,H=48,layers=2,bidirectional,packed,proj=8,batch_first"')
@@ -135,6 +155,8 @@ def main():
     torch.set_num_threads(args.threads)
     if args.config:
         grid, name = args.config, "custom"
+    elif args.decode:
+        grid, name = configs.DECODE, "decode"
     elif args.device == "cuda":
         grid, name = configs.CUDA_GRID, "CUDA"
     else:

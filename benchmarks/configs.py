@@ -16,6 +16,7 @@ class Config:
     packed: bool = False  # random lengths in [T/2, T]
     proj: int = 0
     batch_first: bool = False
+    hx: bool = False  # a decode row: the state given, no gradient (eval, no_grad)
 
     @property
     def name(self) -> str:
@@ -28,14 +29,16 @@ class Config:
             parts.append(f"proj={self.proj}")
         if self.batch_first:
             parts.append("batch_first")
+        if self.hx:
+            parts.append("hx")
         return ", ".join(parts)
 
     @classmethod
     def parse(cls, text: str) -> Config:
         """From "B=5,T=40,I=24,H=48,layers=2,bidirectional,packed,proj=8,batch_first"
-        (B, T, I and H required)."""
+        (B, T, I and H required; "hx" makes it a decode row)."""
         sizes = {"B", "T", "I", "H", "layers", "proj"}
-        flags = {"bidirectional", "packed", "batch_first"}
+        flags = {"bidirectional", "packed", "batch_first", "hx"}
         values = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, _, value = item.partition("=")
@@ -66,8 +69,15 @@ GRID = [
     Config(4, 100, 1024, 1024),
     Config(16, 100, 512, 512),
 ]
+# Decode steps: one step (or a chunk of four) with the state carried in hx, no
+# gradient, as a sampler or a streaming model runs (--decode).
+DECODE = [
+    *(Config(B, 1, H, H, layers=L, hx=True) for L in (1, 2) for H in (256, 512, 1024)
+      for B in (1, 8)),
+    Config(1, 4, 512, 512, layers=2, hx=True),
+]
 # `make bench`: every kind of row, the smaller sizes.
-QUICK = [GRID[0], GRID[1], GRID[3], GRID[5], GRID[6], GRID[7], GRID[8]]
+QUICK = [GRID[0], GRID[1], GRID[3], GRID[5], GRID[6], GRID[7], GRID[8], DECODE[8], DECODE[12]]
 
 # On a GPU: batches from one sequence (launches dominate) to 256, two hidden
 # sizes, short and long sequences, padded and packed.

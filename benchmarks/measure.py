@@ -16,20 +16,30 @@ from configs import Config
 
 
 class CellLoop(nn.Module):
-    """A Python loop over nn.LSTMCell: the baseline every fused LSTM must beat."""
+    """A Python loop over nn.LSTMCell, one cell per layer: the baseline every
+    fused LSTM must beat, and what a decoder is often written as."""
 
     def __init__(self, lstm: nn.LSTM):
         super().__init__()
-        self.cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size)
-        self.cell.load_state_dict({k[:-3]: v for k, v in lstm.state_dict().items()})
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(lstm.input_size if k == 0 else lstm.hidden_size, lstm.hidden_size)
+            for k in range(lstm.num_layers))
+        state = lstm.state_dict()
+        for k, cell in enumerate(self.cells):
+            cell.load_state_dict({name: state[f"{name}_l{k}"] for name in cell.state_dict()})
 
-    def forward(self, x):
-        h = c = x.new_zeros(x.shape[1], self.cell.hidden_size)
+    def forward(self, x, hx=None):
+        if hx is None:
+            zeros = x.new_zeros(len(self.cells), x.shape[1], self.cells[0].hidden_size)
+            hx = (zeros, zeros)
+        h, c = list(hx[0]), list(hx[1])
         out = []
         for x_t in x:
-            h, c = self.cell(x_t, (h, c))
-            out.append(h)
-        return torch.stack(out), (h, c)
+            for k, cell in enumerate(self.cells):
+                h[k], c[k] = cell(x_t, (h[k], c[k]))
+                x_t = h[k]
+            out.append(x_t)
+        return torch.stack(out), (torch.stack(h), torch.stack(c))
 
 
 def models(config: Config, dtype: torch.dtype, device: str) -> dict[str, nn.Module]:
@@ -41,8 +51,7 @@ def models(config: Config, dtype: torch.dtype, device: str) -> dict[str, nn.Modu
     ours = lstm_ext.LSTM(config.I, config.H, **kwargs)
     ours.load_state_dict(ref.state_dict())
     found = {"nn.LSTM": ref, "lstm_ext": ours}
-    if (config.layers == 1 and not config.bidirectional and not config.proj
-            and not config.packed and not config.batch_first):
+    if not (config.bidirectional or config.proj or config.packed or config.batch_first):
         found["LSTMCell loop"] = CellLoop(ref)
     return {name: model.to(device, dtype) for name, model in found.items()}
 
@@ -59,6 +68,16 @@ def inputs(config: Config, dtype: torch.dtype, device: str):
     packed = pack_padded_sequence(x, lengths, batch_first=config.batch_first,
                                   enforce_sorted=False)
     return packed._replace(data=packed.data.requires_grad_()), int(lengths.sum()), lengths
+
+
+def state(config: Config, dtype: torch.dtype, device: str):
+    """The initial (h0, c0) of a decode row, else None."""
+    if not config.hx:
+        return None
+    gen = torch.Generator().manual_seed(1)
+    shape = (config.layers * (2 if config.bidirectional else 1), config.B)
+    return (torch.randn(*shape, config.proj or config.H, generator=gen).to(device, dtype),
+            torch.randn(*shape, config.H, generator=gen).to(device, dtype))
 
 
 def _output(result):
@@ -86,14 +105,37 @@ def median_seconds(fn, min_run_time: float, label: str, sub_label: str, desc: st
     return timer.blocked_autorange(min_run_time=min_run_time)
 
 
-def forward_fn(model, x):
+def forward_fn(model, x, hx=None):
     """Inference as it is run: eval mode (oneDNN and cuDNN then take their inference
-    forward) and no grad."""
+    forward) and no grad; a decode row passes the state."""
     model.eval()
 
     def run():
         with torch.no_grad():
-            model(x)
+            model(x, hx)
+    return run
+
+
+def weights_once_fn(config: Config, dtype: torch.dtype, device: str):
+    """torch.mm reading each layer's and direction's weights once: a row of
+    [x, h] (B rows) by [W_ih, W_hh]^T (and h by W_hr^T with a projection), the
+    floor of a decode step, where the weights are the bytes to read."""
+    gen = torch.Generator().manual_seed(2)
+    directions, out = 2 if config.bidirectional else 1, config.proj or config.H
+    products = []
+    for k in range(config.layers):
+        inputs = config.I if k == 0 else directions * out
+        for _ in range(directions):
+            products.append((torch.randn(config.B, inputs + out, generator=gen),
+                             torch.randn(inputs + out, 4 * config.H, generator=gen)))
+            if config.proj:
+                products.append((torch.randn(config.B, config.H, generator=gen),
+                                 torch.randn(config.H, config.proj, generator=gen)))
+    products = [(a.to(device, dtype), b.to(device, dtype)) for a, b in products]
+
+    def run():
+        for a, b in products:
+            torch.mm(a, b)
     return run
 
 
@@ -178,20 +220,23 @@ def cuda_graph_forward_fn(model, x):
     return graph.replay
 
 
-def onnxruntime_forward_fn(model: nn.Module, x, lengths, threads: int, path):
+def onnxruntime_forward_fn(model: nn.Module, x, lengths, threads: int, path, hx=None):
     """nn.LSTM exported to ONNX (the TorchScript exporter, which takes packed input)
-    and run by onnxruntime on `threads` threads; None where it cannot export the
-    model or onnxruntime cannot load it (nn.LSTM with proj_size). Its thread pool
-    does not spin between runs, so it takes no time from the torch timings that
-    alternate with it."""
+    and run by onnxruntime on `threads` threads, with the state as inputs for a
+    decode row; None where it cannot export the model or onnxruntime cannot load
+    it (nn.LSTM with proj_size). Its thread pool does not spin between runs, so
+    it takes no time from the torch timings that alternate with it."""
     import onnxruntime
 
     if model.proj_size:  # refused by nn.LSTM's ONNX export, after printing its whole graph
         return None
-    args = (x.detach(),) if lengths is None else (pad_packed_sequence(x)[0].detach(), lengths)
+    if hx is not None:
+        args = (x.detach(), hx[0], hx[1])
+    else:
+        args = (x.detach(),) if lengths is None else (pad_packed_sequence(x)[0].detach(), lengths)
     try:
-        torch.onnx.export(_Exportable(model, lengths is not None), args, str(path),
-                          dynamo=False)
+        torch.onnx.export(_Exportable(model, lengths is not None, hx is not None), args,
+                          str(path), dynamo=False)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -208,14 +253,19 @@ def onnxruntime_forward_fn(model: nn.Module, x, lengths, threads: int, path):
 
 class _Exportable(nn.Module):
     """The LSTM's output (padded again for packed input: ONNX takes packing only in
-    pairs, as sequence lengths of its LSTM operator)."""
+    pairs, as sequence lengths of its LSTM operator); with the state, its output
+    and final state from the state given."""
 
-    def __init__(self, lstm: nn.Module, packed: bool):
+    def __init__(self, lstm: nn.Module, packed: bool, with_state: bool):
         super().__init__()
-        self.lstm, self.packed = lstm, packed
+        self.lstm, self.packed, self.with_state = lstm, packed, with_state
 
-    def forward(self, x, lengths=None):
+    def forward(self, x, *rest):
+        if self.with_state:
+            y, (h_n, c_n) = self.lstm(x, tuple(rest))
+            return y, h_n, c_n
         if not self.packed:
             return self.lstm(x)[0]
+        lengths = rest[0]
         out = self.lstm(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
         return pad_packed_sequence(out)[0]

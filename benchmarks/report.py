@@ -29,12 +29,26 @@ def markdown(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    """Per mode, the median and the lowest speedup over the rows."""
+    """Per mode, the median and the lowest speedup over the rows; for decode
+    rows also against the cell loop (the lowest: the target), and our time over
+    torch.mm's reading the weights once (the highest)."""
     lines = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        speed = [r["speedup"] for r in rows if r["mode"] == mode]
-        lines.append(f"{mode}: median speedup {statistics.median(speed):.2f}x, "
-                     f"lowest {min(speed):.2f}x over {len(speed)} configs")
+        of_mode = [r for r in rows if r["mode"] == mode]
+        speed = [r["speedup"] for r in of_mode]
+        line = (f"{mode}: median speedup {statistics.median(speed):.2f}x, "
+                f"lowest {min(speed):.2f}x over {len(speed)} configs")
+        loop = [r["ms"]["LSTMCell loop"] / r["ms"]["lstm_ext"] for r in of_mode
+                if "LSTMCell loop" in r["ms"]]
+        if mode == "decode" and loop:
+            line += (f"; over the LSTMCell loop median {statistics.median(loop):.2f}x, "
+                     f"lowest {min(loop):.2f}x")
+        floor = [r["ms"]["lstm_ext"] / r["ms"]["torch.mm, weights once"] for r in of_mode
+                 if "torch.mm, weights once" in r["ms"]]
+        if floor:
+            line += (f"; time over torch.mm reading the weights once: median "
+                     f"{statistics.median(floor):.2f}x, highest {max(floor):.2f}x")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -58,8 +72,10 @@ def _plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = list(dict.fromkeys(r["config"] for r in rows))
     modes = ["forward", "forward+backward"]
+    configs = list(dict.fromkeys(r["config"] for r in rows if r["mode"] in modes))
+    if not configs:
+        raise ValueError("no forward or forward+backward rows to plot")
     width = 0.4
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(configs) + 1.5))
     for k, mode in enumerate(modes):

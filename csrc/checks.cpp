@@ -9,13 +9,15 @@ namespace {
 
 constexpr int64_t kMaxDim = std::numeric_limits<int>::max();
 
-void check_tensor(const Tensor& t, const char* name, int64_t dim, const Tensor& x) {
+// t has `dim` dimensions, and the dtype and device of x (named x_name).
+void check_tensor(const Tensor& t, const char* name, int64_t dim, const Tensor& x,
+                  const char* x_name = "x") {
   TORCH_CHECK(t.dim() == dim, "lstm_layer: ", name, " must be ", dim, "-D, got ", t.dim(),
               "-D of shape ", t.sizes());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), "lstm_layer: ", name, " has dtype ",
-              t.scalar_type(), " but x has dtype ", x.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), "lstm_layer: ", name, " is on ", t.device(),
-              " but x is on ", x.device());
+              t.scalar_type(), " but ", x_name, " has dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "lstm_layer: ", name, " is on ", t.device(), " but ",
+              x_name, " is on ", x.device());
 }
 
 void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected) {
@@ -32,22 +34,17 @@ void check_optional(const OptTensor& g, const char* name, at::IntArrayRef expect
 
 }  // namespace
 
-LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
-                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
-  TORCH_CHECK(x.dim() == 2, "lstm_layer: x must be 2-D (rows, input_size), got shape ",
-              x.sizes());
-  check_tensor(w_ih, "w_ih", 2, x);
-  check_tensor(w_hh, "w_hh", 2, x);
-  check_tensor(h0, "h0", 2, x);
-  check_tensor(c0, "c0", 2, x);
-
+LayerDims check_weights(const Tensor& like, const char* like_name, int64_t input,
+                        const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                        const OptTensor& b_hh, const OptTensor& w_hr) {
+  check_tensor(w_ih, "w_ih", 2, like, like_name);
+  check_tensor(w_hh, "w_hh", 2, like, like_name);
   TORCH_CHECK(w_hh.size(0) % 4 == 0 && w_hh.size(0) > 0,
               "lstm_layer: w_hh must have 4 * hidden_size rows, got shape ", w_hh.sizes());
-  LayerDims d{x.size(0), h0.size(0), x.size(1), w_hh.size(0) / 4, w_hh.size(1)};
+  const LayerDims d{0, 0, input, w_hh.size(0) / 4, w_hh.size(1)};
   check_shape(w_ih, "w_ih", {4 * d.hidden, d.input});
   if (w_hr.has_value()) {
-    check_tensor(*w_hr, "w_hr", 2, x);
+    check_tensor(*w_hr, "w_hr", 2, like, like_name);
     check_shape(*w_hr, "w_hr", {d.out, d.hidden});
   } else {
     TORCH_CHECK(d.out == d.hidden, "lstm_layer: w_hh must have shape ",
@@ -56,9 +53,22 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
   for (const auto* b : {&b_ih, &b_hh}) {
     if (!b->has_value()) continue;
     const char* name = b == &b_ih ? "b_ih" : "b_hh";
-    check_tensor(**b, name, 1, x);
+    check_tensor(**b, name, 1, like, like_name);
     check_shape(**b, name, {4 * d.hidden});
   }
+  return d;
+}
+
+LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  TORCH_CHECK(x.dim() == 2, "lstm_layer: x must be 2-D (rows, input_size), got shape ",
+              x.sizes());
+  LayerDims d = check_weights(x, "x", x.size(1), w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_tensor(h0, "h0", 2, x);
+  check_tensor(c0, "c0", 2, x);
+  d.rows = x.size(0);
+  d.batch = h0.size(0);
   check_shape(h0, "h0", {d.batch, d.out});
   check_shape(c0, "c0", {d.batch, d.hidden});
 

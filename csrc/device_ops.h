@@ -11,6 +11,13 @@
 #include "layer.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/stack.h>
+#include <ATen/record_function.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
 
 namespace lstm_ext {
 
@@ -60,12 +67,13 @@ Result in_dtype(at::ScalarType dtype, const Upcast& upcast, const Run& run) {
   return out;
 }
 
-// `save`: for a backward (layer_forward's).
+// `save`: for a backward (layer_forward's); `kept`: the weights' layout from
+// lay_out_op, or null.
 template <template <typename> class Executor>
 LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
                     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                    bool reverse, bool save) {
+                    bool reverse, bool save, const LaidOut* kept) {
   const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_device_and_dtype(x, device);
   const auto dtype = x.scalar_type();
@@ -73,14 +81,14 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
     auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
         device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
         w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(b_ih), to_float(b_hh), to_float(w_hr),
-        reverse, save);
+        reverse, save, kept);
     return LayerOut{y.to(dtype), h_n.to(dtype), c_n.to(dtype), to_dtype(gates, dtype), cells};
   };
   return in_dtype<Executor, true, LayerOut>(dtype, upcast, [&](auto& ex) {
     LayerOut out = layer_forward(ex, d, Steps(batch_sizes.contiguous(), reverse), x.contiguous(),
                                  h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
                                  w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
-                                 contiguous(w_hr), save);
+                                 contiguous(w_hr), save, kept);
     // Natively, c is float inside.
     std::get<2>(out) = std::get<2>(out).to(dtype);
     return out;
@@ -118,6 +126,89 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
         w_hh.contiguous(), contiguous(w_hr), y.contiguous(), gates.contiguous(),
         cells.contiguous(), groups));
   });
+}
+
+// The forward's layout of the weights (lay_out_forward), in the path their
+// dtype takes here: for a caller to keep and pass to the inference op.
+template <template <typename> class Executor>
+LaidOut lay_out_op(c10::DeviceType device, const Tensor& w_ih, const Tensor& w_hh,
+                   const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  check_weights(w_hh, "w_hh", w_ih.dim() == 2 ? w_ih.size(1) : 0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_device_and_dtype(w_hh, device);
+  const auto upcast = [&] {
+    return lay_out_op<Executor>(device, w_ih.to(at::kFloat), w_hh.to(at::kFloat),
+                                to_float(b_ih), to_float(b_hh), to_float(w_hr));
+  };
+  return in_dtype<Executor, true, LaidOut>(w_hh.scalar_type(), upcast, [&](auto& ex) {
+    return lay_out_forward(ex, w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih),
+                           contiguous(b_hh), contiguous(w_hr));
+  });
+}
+
+// A kept layout's address if any part of it is given (a layer's lay_out
+// result), else null: the layer lays its weights out itself.
+inline const LaidOut* given(const LaidOut& kept) {
+  return kept.ih.defined() || kept.hh.defined() || kept.hr.defined() || kept.bias.defined()
+             ? &kept
+             : nullptr;
+}
+
+inline Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+// lstm_inference: the layers one after another, both directions of a layer
+// on its input, each checked as the layer op checks it.
+template <template <typename> class Executor>
+LayerOutputs stack_inference_op(c10::DeviceType device, const Tensor& x,
+                                const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                                at::TensorList weights,
+                                const c10::List<std::optional<Tensor>>& kept, bool has_biases,
+                                int64_t num_layers, bool bidirectional) {
+  const int64_t directions = bidirectional ? 2 : 1, groups = num_layers * directions;
+  const int64_t count = static_cast<int64_t>(weights.size()), base = has_biases ? 4 : 2;
+  TORCH_CHECK(num_layers > 0, "lstm_inference: num_layers must be positive, got ", num_layers);
+  const int64_t per_group = count / groups;
+  TORCH_CHECK(per_group * groups == count && (per_group == base || per_group == base + 1),
+              "lstm_inference: expected ", base, " weights (", base + 1,
+              " with a projection) for each of ", groups, " layers and directions, got ", count,
+              " weights");
+  TORCH_CHECK(kept.empty() || static_cast<int64_t>(kept.size()) == 4 * groups,
+              "lstm_inference: kept must be empty or hold 4 entries for each of ", groups,
+              " layers and directions, got ", kept.size());
+  TORCH_CHECK(h0.dim() == 3 && c0.dim() == 3 && h0.size(0) == groups && c0.size(0) == groups,
+              "lstm_inference: h0 and c0 must be 3-D with ", groups,
+              " layers and directions first, got shapes ", h0.sizes(), " and ", c0.sizes());
+  const bool proj = per_group == base + 1;
+  Tensor input = x;
+  std::vector<Tensor> h_n, c_n, outputs;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    outputs.clear();
+    for (int64_t direction = 0; direction < directions; ++direction) {
+      const int64_t k = layer * directions + direction;
+      const Tensor* w = weights.data() + k * per_group;
+      const OptTensor b_ih = has_biases ? OptTensor(w[2]) : std::nullopt;
+      const OptTensor b_hh = has_biases ? OptTensor(w[3]) : std::nullopt;
+      const OptTensor w_hr = proj ? OptTensor(w[per_group - 1]) : std::nullopt;
+      const auto kept_at = [&](int64_t i) {
+        return kept.empty() ? Tensor() : value_or_undefined(kept.get(4 * k + i));
+      };
+      const LaidOut laid_out{kept_at(0), kept_at(1), kept_at(2), kept_at(3)};
+      // The profiler's range for the layer, named as functional.lstm's.
+      std::string name;
+      at::RecordFunction range(at::RecordScope::USER_SCOPE);
+      if (range.isActive()) {
+        name = "lstm_ext.lstm layer " + std::to_string(layer) + (direction ? " reverse" : "");
+        range.before(name);
+      }
+      auto [y, h, c, gates, cells] =
+          forward_op<Executor>(device, input, batch_sizes, h0[k], c0[k], w[0], w[1], b_ih, b_hh,
+                               w_hr, direction == 1, false, given(laid_out));
+      outputs.push_back(std::move(y));
+      h_n.push_back(std::move(h));
+      c_n.push_back(std::move(c));
+    }
+    input = directions == 2 ? at::cat(outputs, 1) : outputs[0];
+  }
+  return {input, at::stack(h_n), at::stack(c_n)};
 }
 
 template <typename Fn>
@@ -167,17 +258,41 @@ struct DeviceOps {
                           bool reverse) {
     const Guard guard(x);
     return forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                reverse, true);
+                                reverse, true, nullptr);
   }
 
   static LayerOutputs inference(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
                                 const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                 const OptTensor& b_ih, const OptTensor& b_hh,
-                                const OptTensor& w_hr, bool reverse) {
+                                const OptTensor& w_hr, bool reverse, const OptTensor& kept_ih,
+                                const OptTensor& kept_hh, const OptTensor& kept_hr,
+                                const OptTensor& kept_bias) {
     const Guard guard(x);
-    auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
-        device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, false);
+    const LaidOut kept{value_or_undefined(kept_ih), value_or_undefined(kept_hh),
+                       value_or_undefined(kept_hr), value_or_undefined(kept_bias)};
+    auto [y, h_n, c_n, gates, cells] =
+        forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                             false, given(kept));
     return {y, h_n, c_n};
+  }
+
+  static LayerOutputs stack_inference(const Tensor& x, const Tensor& batch_sizes,
+                                      const Tensor& h0, const Tensor& c0, at::TensorList weights,
+                                      const c10::List<std::optional<Tensor>>& kept,
+                                      bool has_biases, int64_t num_layers, bool bidirectional) {
+    const Guard guard(x);
+    return stack_inference_op<Executor>(device, x, batch_sizes, h0, c0, weights, kept,
+                                        has_biases, num_layers, bidirectional);
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> lay_out(const Tensor& w_ih,
+                                                            const Tensor& w_hh,
+                                                            const OptTensor& b_ih,
+                                                            const OptTensor& b_hh,
+                                                            const OptTensor& w_hr) {
+    const Guard guard(w_hh);
+    const LaidOut w = lay_out_op<Executor>(device, w_ih, w_hh, b_ih, b_hh, w_hr);
+    return {w.ih, w.hh, w.hr, w.bias};
   }
 
   static LayerGrads backward(const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,

@@ -9,6 +9,7 @@
 //   weights(b, gates)   a (k, n) weight (any strides) laid out for the products;
 //       `gates` says which dimension runs over the 4H gates
 //   column(b, k, col0)  column col0 on of a laid-out (k, n) weight
+//   laid_out_numel(k, n)  how many values weights() makes of a (k, n) weight
 //   step_gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate), for a step's rows;
 //   sequence_gemm(m, n, k, a, lda, b, c, ldc, accumulate), for whole sequences:
 //       row-major C[m,n] (+)= A[m,k] B[k,n], b from weights() / column()
@@ -24,8 +25,9 @@
 //   add(dst, a, b, n), dst = a + b in scalar_t
 //   narrow(dst, ld_dst, src, ld_src, rows, cols), src rounded to scalar_t
 //   to_pytorch_gate_order(t, dim, H)
-// Weights are laid out once per call (LaidOut), so that the loop only
-// multiplies them in the form its executor's products want.
+// Weights are laid out once per call (LaidOut), or kept by the caller between
+// inference calls (lstm_layer_lay_out), so that the loop only multiplies them
+// in the form its executor's products want.
 //
 // Two types: Ex::scalar_t, the storage type of the products' operands (x, the
 // weights, h, the gate gradients), and Ex::math_t, that of the products'
@@ -65,22 +67,66 @@ Tensor to_math(const Tensor& t) {
   return t.defined() ? t.to(math_dtype<Ex>()) : t;
 }
 
-// The layer's weights laid out once per call for the executor's products:
-// transposed for the forward and the tangents (x W_ih^T, h W_hh^T, h W_hr^T),
-// as they are for the backward (dgates W_hh, dy W_hr, dgates W_ih). Each one
-// is laid out only where it is given: w_ih may be undefined, w_hr absent.
-template <typename Ex>
+// The layer's weights as the executor's products take them: transposed for
+// the forward and the tangents (x W_ih^T, h W_hh^T, h W_hr^T), as they are
+// for the backward (dgates W_hh, dy W_hr, dgates W_ih); for the forward also
+// the biases' sum in math_t. Each is undefined where its weight is not given.
 struct LaidOut {
-  using scalar_t = typename Ex::scalar_t;
-  Tensor ih, hh, hr;
-
-  LaidOut(Ex& ex, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr, bool backward)
-      : ih(w_ih.defined() ? ex.weights(backward ? w_ih : w_ih.t(), gates(backward)) : Tensor()),
-        hh(ex.weights(backward ? w_hh : w_hh.t(), gates(backward))),
-        hr(w_hr.has_value() ? ex.weights(backward ? *w_hr : w_hr->t(), Gates::none) : Tensor()) {}
-
-  static Gates gates(bool backward) { return backward ? Gates::rows : Gates::columns; }
+  Tensor ih, hh, hr, bias;
 };
+
+// The sum of the given biases in math_t, or undefined.
+template <typename Ex>
+Tensor bias_sum(const OptTensor& b_ih, const OptTensor& b_hh) {
+  if (b_ih.has_value() && b_hh.has_value()) return at::add(to_math<Ex>(*b_ih), to_math<Ex>(*b_hh));
+  return b_ih.has_value() ? to_math<Ex>(*b_ih) : b_hh.has_value() ? to_math<Ex>(*b_hh) : Tensor();
+}
+
+// The weights laid out for one call (w_ih may be undefined).
+template <typename Ex>
+LaidOut lay_out(Ex& ex, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
+                bool backward) {
+  const Gates gates = backward ? Gates::rows : Gates::columns;
+  return {w_ih.defined() ? ex.weights(backward ? w_ih : w_ih.t(), gates) : Tensor(),
+          ex.weights(backward ? w_hh : w_hh.t(), gates),
+          w_hr.has_value() ? ex.weights(backward ? *w_hr : w_hr->t(), Gates::none) : Tensor(),
+          Tensor()};
+}
+
+// The forward's layout, with the biases' sum: what lstm_layer_lay_out
+// returns for a caller to keep.
+template <typename Ex>
+LaidOut lay_out_forward(Ex& ex, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                        const OptTensor& b_hh, const OptTensor& w_hr) {
+  LaidOut w = lay_out(ex, w_ih, w_hh, w_hr, false);
+  w.bias = bias_sum<Ex>(b_ih, b_hh);
+  return w;
+}
+
+// A kept lay_out_forward, checked against this layer and executor: a layout
+// of other weights' sizes, or of the other 16-bit path, is an error, never a
+// wrong product.
+template <typename Ex>
+const LaidOut& kept_layout(const Ex& ex, const LaidOut& kept, const LayerDims& d,
+                           const Tensor& x, bool has_bias, bool has_proj) {
+  const int64_t G = 4 * d.hidden;
+  const auto check = [&](const Tensor& t, const char* name, bool given, at::ScalarType dtype,
+                         int64_t numel) {
+    TORCH_CHECK(t.defined() == given, "lstm_layer_inference: kept_", name, " must be ",
+                given ? "given" : "None", " for these weights (lstm_layer_lay_out's)");
+    TORCH_CHECK(!given || (t.scalar_type() == dtype && t.device() == x.device() &&
+                           t.numel() == numel && t.is_contiguous()),
+                "lstm_layer_inference: kept_", name, " is not this layer's layout on ",
+                x.device(), " in ", dtype, " (", numel, " values): got ", t.scalar_type(), " on ",
+                t.device(), " with ", t.numel(), " values; lay the weights out again");
+  };
+  const auto storage = c10::CppTypeToScalarType<typename Ex::scalar_t>::value;
+  check(kept.ih, "ih", true, storage, ex.laid_out_numel(d.input, G));
+  check(kept.hh, "hh", true, storage, ex.laid_out_numel(d.out, G));
+  check(kept.hr, "hr", has_proj, storage, ex.laid_out_numel(d.hidden, d.out));
+  check(kept.bias, "bias", has_bias, math_dtype<Ex>(), G);
+  return kept;
+}
 
 // The gates' product of one step for units [a, b), rows [r.first, r.rows):
 // gates_t (the step's rows, row stride 4H) += h_{t-1} W_hh^T, h_{t-1} being
@@ -96,24 +142,18 @@ void recurrent_product(Ex& ex, const StepRows& r, int64_t a, int64_t b, int64_t 
                gates_t + r.split * G + 4 * a, G, true);
 }
 
-// The sum of the given biases in math_t, or undefined.
-template <typename Ex>
-Tensor bias_sum(const OptTensor& b_ih, const OptTensor& b_hh) {
-  if (b_ih.has_value() && b_hh.has_value()) return at::add(to_math<Ex>(*b_ih), to_math<Ex>(*b_hh));
-  return b_ih.has_value() ? to_math<Ex>(*b_ih) : b_hh.has_value() ? to_math<Ex>(*b_hh) : Tensor();
-}
-
 // The layer's forward. Saving for backward (`save`), it returns y, h_n, c_n
 // and the activated gates (scalar_t) and c_t of every row; otherwise y, h_n
 // and c_n alone, and it keeps neither: the gates of one block of steps at a
 // time, and one c per sequence, updated in place (and c_n at the end).
 // Reduced, the gates' pre-activations go in blocks too, their activations to
-// the saved scalar_t buffer.
+// the saved scalar_t buffer. `kept`, if given, is the weights' layout kept
+// from an earlier lay_out_forward.
 template <typename Ex>
 LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                       bool save) {
+                       bool save, const LaidOut* kept) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -121,8 +161,9 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options(), math_opts = opts.dtype(math_dtype<Ex>());
 
-  const LaidOut<Ex> w(ex, w_ih, w_hh, w_hr, false);
-  const Tensor bias = bias_sum<Ex>(b_ih, b_hh);
+  const LaidOut w =
+      kept ? kept_layout(ex, *kept, d, x, b_ih.has_value() || b_hh.has_value(), w_hr.has_value())
+           : lay_out_forward(ex, w_ih, w_hh, b_ih, b_hh, w_hr);
   const Rows<const scalar_t> x_rows(x), h0_rows(h0);
   const Rows<const math_t> c0_rows(to_math<Ex>(c0));
   // A block's rows start as their input projection; each step adds h W_hh^T,
@@ -142,7 +183,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                                                         : Tensor());
   const scalar_t* w_hh_t = ptr<const scalar_t>(w.hh);
   const scalar_t* w_hr_t = ptr<const scalar_t>(w.hr);
-  const math_t* bias_p = ptr<const math_t>(bias);
+  const math_t* bias_p = ptr<const math_t>(w.bias);
 
   const int64_t flops_per_row = 2 * G * P + (h_raw ? 2 * H * P : 0);
   for_each_block(steps, block_rows, false, [&](const Block& blk) {
@@ -230,7 +271,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const Rows<scalar_t> dy_total(proj ? at::empty({workspace_rows, P}, opts) : Tensor());
   const Rows<scalar_t> h_raw(mask.proj ? at::empty({workspace_rows, H}, opts) : Tensor());
   const Rows<math_t> dh_raw(proj ? at::empty({d.batch, H}, math_opts) : Tensor());
-  const LaidOut<Ex> w(ex, mask.input ? w_ih : Tensor(), w_hh, w_hr, true);
+  const LaidOut w = lay_out(ex, mask.input ? w_ih : Tensor(), w_hh, w_hr, true);
   const scalar_t* w_hh_b = ptr<const scalar_t>(w.hh);
   const scalar_t* w_hr_b = ptr<const scalar_t>(w.hr);
 
@@ -352,7 +393,7 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   if (!started) t_gates.tensor.zero_();
 
   const bool proj = w_hr.has_value();
-  const LaidOut<Ex> w(ex, Tensor(), w_hh, w_hr, false);
+  const LaidOut w = lay_out(ex, Tensor(), w_hh, w_hr, false);
   const Tensor t_w_hr = tan.w_hr.has_value() ? ex.weights(tan.w_hr->t(), Gates::none) : Tensor();
   const Rows<scalar_t> t_y(at::empty({d.rows, P}, opts));
   const Rows<scalar_t> t_cells(at::empty({d.rows, H}, opts));

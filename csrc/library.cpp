@@ -17,6 +17,8 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(lstm_ext, m) {
   m.def(lstm_ext::kLayerSchema);
   m.def(lstm_ext::kLayerInferenceSchema);
+  m.def(lstm_ext::kLayerLayOutSchema);
+  m.def(lstm_ext::kInferenceSchema);
   m.def(lstm_ext::kLayerBackwardSchema);
   m.def(lstm_ext::kLayerJvpSchema);
 }

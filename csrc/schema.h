@@ -12,9 +12,32 @@ inline constexpr const char* kLayerSchema =
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // The same layer where no backward will come: y, h_n and c_n, nothing saved.
+// The kept_ tensors, if given, are lstm_layer_lay_out's results for these
+// weights, which the layer then uses instead of laying them out itself.
 inline constexpr const char* kLayerInferenceSchema =
     "lstm_layer_inference(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
-    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
+    "Tensor? kept_ih=None, Tensor? kept_hh=None, Tensor? kept_hr=None, Tensor? kept_bias=None) "
+    "-> (Tensor, Tensor, Tensor)";
+
+// The weights of one layer and direction as the inference op's products take
+// them on this device, in this dtype's path (native or upcast), for a caller
+// to keep while the weights are unchanged: laid-out w_ih, w_hh and w_hr (None
+// without a projection) and the biases' sum (None without biases). Opaque:
+// their sizes depend on the device and the CPU.
+inline constexpr const char* kLayerLayOutSchema =
+    "lstm_layer_lay_out(Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr) "
+    "-> (Tensor, Tensor, Tensor, Tensor)";
+
+// The whole stack (num_layers, each in one or two directions, as torch.lstm
+// computes it, without dropout) where no backward will come: y of the last
+// layer, h_n and c_n of shapes (groups, B, P) and (groups, B, H). h0 and c0
+// likewise 3-D; weights in nn.LSTM's _flat_weights order; kept either empty
+// or lstm_layer_lay_out's four results per layer and direction. One call for
+// a decode step instead of one per layer.
+inline constexpr const char* kInferenceSchema =
+    "lstm_inference(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor[] weights, "
+    "Tensor?[] kept, bool has_biases, int num_layers, bool bidirectional) "
     "-> (Tensor, Tensor, Tensor)";
 
 // output_mask selects dx, (dw_ih, dw_hh), db, dw_hr; unselected ones come

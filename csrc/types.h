@@ -83,6 +83,13 @@ class Steps {
   bool reverse_;
 };
 
+// The weights' sizes (LayerDims with no rows or batch), checked against each
+// other; their dtype and device must be like's (named like_name), w_ih's
+// columns `input`.
+LayerDims check_weights(const Tensor& like, const char* like_name, int64_t input,
+                        const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                        const OptTensor& b_hh, const OptTensor& w_hr);
+
 LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
                            const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr);

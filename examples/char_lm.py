@@ -7,7 +7,9 @@ trained with torch.nn.LSTM and with lstm_ext.LSTM from the same seed.
 The text ships with Python (nothing is downloaded). With --impl both, the two
 runs start from the same weights and see the same batches; the script prints
 their time per step, the speedup, and how far apart their loss curves are,
-and plots both curves.
+and plots both curves. Then each model samples text one character at a time,
+the state carried from step to step (a decode step: T=1, no gradient), and
+the script prints the characters per second.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def batches(data: torch.Tensor, batch: int, seq: int, steps: int, seed: int):
         yield window[:, :-1], window[:, 1:]
 
 
-def train(impl: str, data: torch.Tensor, vocab: int, args) -> dict:
+def train(impl: str, data: torch.Tensor, alphabet: list[str], args) -> dict:
+    vocab = len(alphabet)
     torch.manual_seed(args.seed)
     model = CharLM(IMPLS[impl], vocab, args.embed, args.hidden, args.layers)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -78,7 +81,29 @@ def train(impl: str, data: torch.Tensor, vocab: int, args) -> dict:
         seconds += time.perf_counter() - start
         losses.append(loss.item())
         progress.set_postfix(loss=f"{losses[-1]:.3f}")
-    return {"impl": impl, "losses": losses, "seconds_per_step": seconds / args.steps}
+    text, per_second = sample(model, alphabet, "def ", args.sample, args.seed)
+    return {"impl": impl, "losses": losses, "seconds_per_step": seconds / args.steps,
+            "sample": text, "chars_per_second": per_second}
+
+
+@torch.no_grad()
+def sample(model: CharLM, alphabet: list[str], prompt: str, chars: int, seed: int):
+    """`chars` characters after `prompt`, drawn one at a time from the model's
+    distribution (the same draws for the same probabilities); and how many
+    characters per second that took."""
+    model.eval()
+    index = {ch: i for i, ch in enumerate(alphabet)}
+    gen = torch.Generator().manual_seed(seed)
+    logits, state = model(torch.tensor([[index[ch] for ch in prompt]]))
+    drawn = []
+    start = time.perf_counter()
+    for _ in range(chars):
+        token = torch.multinomial(logits[:, -1].softmax(-1), 1, generator=gen)
+        drawn.append(alphabet[token.item()])
+        logits, state = model(token, state)
+    seconds = time.perf_counter() - start
+    model.train()
+    return "".join(drawn), chars / seconds
 
 
 def plot(runs: list[dict], path: pathlib.Path):
@@ -112,6 +137,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sample", type=int, default=500,
+                   help="characters to sample after training, one step at a time")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("char_lm"),
                    help="writes OUT.png (loss plot) and OUT.json (curves, timings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -125,11 +152,12 @@ def main(argv=None):
     print(f"{len(text):,} characters of stdlib source, {len(alphabet)} distinct")
 
     impls = ["torch", "lstm_ext"] if args.impl == "both" else [args.impl]
-    runs = [train(impl, data, len(alphabet), args) for impl in impls]
+    runs = [train(impl, data, alphabet, args) for impl in impls]
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     for run in runs:
         print(f"{run['impl']:>8}: final loss {run['losses'][-1]:.4f}, "
-              f"{run['seconds_per_step'] * 1e3:.1f} ms/step")
+              f"{run['seconds_per_step'] * 1e3:.1f} ms/step; sampled "
+              f"{run['chars_per_second']:,.0f} characters/s: def {run['sample'][:60]!r}...")
     if len(runs) == 2:
         gap = max(abs(a - b) for a, b in zip(runs[0]["losses"], runs[1]["losses"]))
         speedup = runs[0]["seconds_per_step"] / runs[1]["seconds_per_step"]

@@ -238,7 +238,8 @@ def register(lib: torch.library.Library, namespace: str):
         return below(keyset, *args)
 
     lib.impl("lstm_layer", layer_kernel, "Autograd", with_keyset=True)
-    for name in ("lstm_layer_inference", "lstm_layer_backward", "lstm_layer_jvp"):
+    for name in ("lstm_layer_inference", "lstm_layer_lay_out", "lstm_inference",
+                 "lstm_layer_backward", "lstm_layer_jvp"):
         op = getattr(ops, name).default
         lib.impl(name, _without_derivative(f"{namespace}::{name}", op), "Autograd",
                  with_keyset=True)

@@ -1,7 +1,8 @@
 """The argument checks lstm_ext.lstm runs before any layer: what torch.lstm checks,
 and what its kernels would otherwise trip over halfway through. Mistakes nn.LSTM
 names itself get its words (ATen's for device and dtype). All raise RuntimeError,
-as torch.lstm does, except an hx of the wrong rank: IndexError, as there."""
+as torch.lstm does, except an hx of the wrong rank: IndexError, as there. Also
+how the weights list is read: per layer and direction, in nn.LSTM's order."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def weights_per_group(weights: Sequence[Tensor], groups: int, bias: bool) -> int
             f"{groups} layers and directions, got {len(weights)} weights"
         )
     return per_group
+
+
+def unpack_group(group: Sequence[Tensor], bias: bool):
+    """w_ih, w_hh, b_ih, b_hh, w_hr of one layer and direction; absent ones are None."""
+    w_ih, w_hh, *rest = group
+    b_ih, b_hh = rest[:2] if bias else (None, None)
+    w_hr = rest[-1] if len(rest) in (1, 3) else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
 def check_lstm_args(

@@ -18,10 +18,25 @@ def _sizes(x, w_hh, w_hr):
     return rows, inputs, gates, out, (w_hr[1] if w_hr is not None else 0)
 
 
-def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, **kwargs) -> int:
+def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, *kept,
+            **kwargs) -> int:
     """x W_ih^T for all steps, h_{t-1} W_hh^T per step and, projected, h_t W_hr^T."""
     rows, inputs, gates, out, proj = _sizes(x, w_hh, w_hr)
     return 2 * rows * (gates * (inputs + out) + proj * out)
+
+
+def stack_inference(x, batch_sizes, h0, c0, weights, kept, has_biases, num_layers,
+                    bidirectional, **kwargs) -> int:
+    """Every layer's and direction's forward, each on the rows of x."""
+    groups = num_layers * (2 if bidirectional else 1)
+    per_group = len(weights) // groups
+    total = 0
+    for k in range(groups):
+        w_ih, w_hh, *rest = weights[k * per_group : (k + 1) * per_group]
+        w_hr = rest[-1] if per_group in (3, 5) else None
+        total += forward((x[0], w_ih[1]), batch_sizes, h0, c0, w_ih, w_hh, None, None, w_hr,
+                         False)
+    return total
 
 
 def backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse,
@@ -52,5 +67,6 @@ def jvp(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, dx, 
 def register(namespace: str) -> None:
     ops = getattr(torch.ops, namespace)
     register_flop_formula([ops.lstm_layer, ops.lstm_layer_inference])(forward)
+    register_flop_formula(ops.lstm_inference)(stack_inference)
     register_flop_formula(ops.lstm_layer_backward)(backward)
     register_flop_formula(ops.lstm_layer_jvp)(jvp)

@@ -9,6 +9,8 @@ lstm_layer = torch.ops.lstm_ext.lstm_layer.default
 lstm_layer_inference = torch.ops.lstm_ext.lstm_layer_inference.default
 lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
 lstm_layer_jvp = torch.ops.lstm_ext.lstm_layer_jvp.default
+lstm_layer_lay_out = torch.ops.lstm_ext.lstm_layer_lay_out.default
+lstm_inference = torch.ops.lstm_ext.lstm_inference.default
 
 
 def _saved_cells_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,10 +48,26 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
     )
 
 
-def _lstm_layer_inference_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _lstm_layer_inference_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                               kept_ih=None, kept_hh=None, kept_hr=None, kept_bias=None):
     y, h_n, c_n, _, _ = _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                          reverse)
     return y, h_n, c_n
+
+
+def _lstm_layer_lay_out_fake(w_ih, w_hh, b_ih, b_hh, w_hr):
+    raise RuntimeError(
+        "lstm_layer_lay_out runs eagerly only: its layout depends on the device and CPU it "
+        "runs on (lstm_ext.LSTM keeps it between eager calls, never while tracing)")
+
+
+def _lstm_inference_fake(x, batch_sizes, h0, c0, weights, kept, has_biases, num_layers,
+                         bidirectional):
+    _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, **{f"weights[{i}]": w
+                                                      for i, w in enumerate(weights)}))
+    directions = 2 if bidirectional else 1
+    return (x.new_empty(x.shape[0], directions * h0.shape[2]), h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape))
 
 
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
@@ -98,6 +116,8 @@ def register(namespace: str):
     ops = getattr(torch.ops, namespace)
     torch.library.register_fake(f"{namespace}::lstm_layer", _lstm_layer_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_inference", _lstm_layer_inference_fake)
+    torch.library.register_fake(f"{namespace}::lstm_layer_lay_out", _lstm_layer_lay_out_fake)
+    torch.library.register_fake(f"{namespace}::lstm_inference", _lstm_inference_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_backward", _lstm_layer_backward_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_jvp", _lstm_layer_jvp_fake)
     # Registrations last as long as their Library object.

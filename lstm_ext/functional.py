@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from . import _onnx, _ops
-from ._checks import check_lstm_args, weights_per_group
+from ._checks import check_lstm_args, unpack_group, weights_per_group
+from ._layouts import KeptLayouts, eager_inference
 
 
 def lstm_layer(
@@ -78,6 +80,7 @@ def lstm(
     dropout: float = 0.0,
     training: bool = True,
     batch_sizes: Tensor | None = None,
+    kept_layouts: KeptLayouts | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A whole multi-layer LSTM, as ``torch.nn.LSTM`` computes it, on weights you hold.
 
@@ -97,6 +100,9 @@ def lstm(
         dropout, training: dropout probability applied to the output of every
             layer but the last, only when ``training``.
         batch_first: padded input and output are ``(B, T, *)``; ignored for packed.
+        kept_layouts: where no derivative can be asked for, the weights' layouts
+            are taken from (and kept in) it instead of made afresh by every
+            layer: lstm_ext.LSTM's, kept between its calls.
 
     Returns:
         ``(output, (h_n, c_n))``: output ``(T, B, D * P)`` (``(B, T, D * P)`` with
@@ -119,18 +125,49 @@ def lstm(
                           bidirectional=bidirectional, batch_first=batch_first, dropout=dropout,
                           training=training, batch_sizes=batch_sizes)
 
+    # With no rows (an empty batch) there is nothing for the op to run.
+    rows = input.shape[0] if packed else input.shape[0] * input.shape[1]
+    run = _layer if rows > 0 else _empty_layer
+    if kept_layouts is not None and (run is not _layer
+                                     or not eager_inference(input, hx or (), weights)):
+        # Weights trained (or converted) here will be laid out again: none kept.
+        kept_layouts.clear()
+        kept_layouts = None
+
     if packed:
         x, batch = input, None
     else:
         if batch_first:
             input = input.transpose(0, 1)
         steps, batch = input.shape[0], input.shape[1]
-        x, batch_sizes = _as_packed(input)
+        x, batch_sizes = _as_packed(input, eager=kept_layouts is not None)
     h0, c0 = _zero_state(x, batch, batch_sizes, groups, weights[1]) if hx is None else hx
-    c0 = c0.to(x.dtype)  # a lower-precision c0 is promoted, as nn.LSTM does
+    if c0.dtype != x.dtype:
+        c0 = c0.to(x.dtype)  # a lower-precision c0 is promoted, as nn.LSTM does
 
-    # With no rows (an empty batch) there is nothing for the op to run.
-    run = _layer if x.shape[0] > 0 else _empty_layer
+    dropping = dropout > 0 and training and num_layers > 1
+    if kept_layouts is not None and not dropping:
+        # A decode step's Python is most of its time: the whole stack in one op
+        # (which opens each layer's profiler range itself).
+        kept = kept_layouts.get_all(weights, per_group, bias)
+        with torch._C._AutoDispatchBelowAutograd():
+            x, h_n, c_n = _ops.lstm_inference(x, batch_sizes, h0, c0, weights, kept, bias,
+                                              num_layers, bidirectional)
+    else:
+        x, h_n, c_n = _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers,
+                              directions, dropout if dropping else 0.0, packed, kept_layouts)
+
+    if not packed:
+        x = x.view(steps, batch, x.shape[1])
+        if batch_first:
+            x = x.transpose(0, 1)
+    return x, (h_n, c_n)
+
+
+def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, directions,
+            dropout, packed, kept_layouts):
+    """The layers one op call each: output, h_n, c_n."""
+    h0, c0 = h0.unbind(0), c0.unbind(0)
     h_n, c_n = [], []
     with _autocast_rule(x, packed):
         for layer in range(num_layers):
@@ -138,31 +175,32 @@ def lstm(
             for direction in range(directions):
                 k = layer * directions + direction
                 group = weights[k * per_group : (k + 1) * per_group]
+                laid_out = kept_layouts.get(k, group, bias) if kept_layouts is not None else ()
                 with _profiler_label(layer, direction):
-                    y, h, c = run(x, batch_sizes, h0[k], c0[k], *_unpack(group, bias),
-                                  direction == 1)
+                    y, h, c = run(x, batch_sizes, h0[k], c0[k], *unpack_group(group, bias),
+                                  direction == 1, laid_out)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
             x = torch.cat(outputs, 1) if directions == 2 else outputs[0]
             # nn.LSTM applies ATen's dropout to this same tensor (viewed as (T, B, D * P)
             # when padded): same elements in the same order, so a seed draws the same mask.
-            if dropout > 0 and training and layer < num_layers - 1:
+            if dropout > 0 and layer < num_layers - 1:
                 x = torch.dropout(x, dropout, True)
-
-    if not packed:
-        x = x.view(steps, batch, x.shape[1])
-        if batch_first:
-            x = x.transpose(0, 1)
-    return x, (torch.stack(h_n), torch.stack(c_n))
+    return x, _stack(h_n), _stack(c_n)
 
 
-def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """The op on packed ``x``: ``(y, h_n, c_n)``."""
+def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=()):
+    """The op on packed ``x``: ``(y, h_n, c_n)``. With a kept layout the layer
+    is known to run the eager inference op (eager_inference): straight to it."""
+    if laid_out:
+        with torch._C._AutoDispatchBelowAutograd():
+            return _ops.lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                             w_hr, reverse, *laid_out)
     return _ops.layer_entry(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 
 
-def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=()):
     """An empty batch: no rows to run. Results cut from the (empty) input projection
     keep, like nn.LSTM's, their place in the autograd graph."""
     gates = x @ w_ih.t()
@@ -170,11 +208,25 @@ def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     return y, h0 + y, c0 + cell
 
 
-def _as_packed(input: Tensor) -> tuple[Tensor, Tensor]:
-    """A padded (T, B, I) tensor is the packed layout with batch_sizes [B] * T."""
+def _as_packed(input: Tensor, eager: bool = False) -> tuple[Tensor, Tensor]:
+    """A padded (T, B, I) tensor is the packed layout with batch_sizes [B] * T.
+    `eager` (no FakeTensorMode, no tracing): one batch_sizes per shape serves
+    every call, as a decode step's whole Python path is tens of microseconds."""
     steps, batch = input.shape[0], input.shape[1]
-    batch_sizes = torch.full((steps,), batch, dtype=torch.int64, device="cpu")
-    return input.reshape(steps * batch, input.shape[2]), batch_sizes
+    make = _kept_batch_sizes if eager else _batch_sizes
+    return input.reshape(steps * batch, input.shape[2]), make(steps, batch)
+
+
+def _batch_sizes(steps: int, batch: int) -> Tensor:
+    return torch.full((steps,), batch, dtype=torch.int64, device="cpu")
+
+
+_kept_batch_sizes = functools.lru_cache(maxsize=64)(_batch_sizes)
+
+
+def _stack(states: list[Tensor]) -> Tensor:
+    """h_n or c_n from each layer's and direction's; one alone without a copy."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
 
 
 def _zero_state(
@@ -188,14 +240,6 @@ def _zero_state(
                 _ops.packed_zeros(batch_sizes, groups, hidden, x.dtype, x.device))
     zeros = dict(dtype=x.dtype, device=x.device)
     return torch.zeros(groups, batch, out, **zeros), torch.zeros(groups, batch, hidden, **zeros)
-
-
-def _unpack(group: Sequence[Tensor], bias: bool):
-    """w_ih, w_hh, b_ih, b_hh, w_hr of one layer and direction; absent ones are None."""
-    w_ih, w_hh, *rest = group
-    b_ih, b_hh = rest[:2] if bias else (None, None)
-    w_hr = rest[-1] if len(rest) in (1, 3) else None
-    return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
 def _profiler_label(layer: int, direction: int):

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
+from ._layouts import KeptLayouts
 
 
 class LSTM(nn.LSTM):
@@ -15,7 +16,43 @@ class LSTM(nn.LSTM):
     parameters (names, shapes, order, initialisation), ``state_dict``,
     ``reset_parameters``, ``extra_repr``. ``forward`` takes and returns what
     nn.LSTM's does and runs ``lstm_ext.lstm`` on ``self._flat_weights``.
+
+    Where no derivative can be asked for (under ``torch.no_grad()`` or
+    ``torch.inference_mode()``, or with nothing requiring grad), the module
+    keeps its weights laid out for the products between calls, as long as
+    they are unchanged (lstm_ext/_layouts.py says what counts as a change):
+    about the weights' size again (twice it for bfloat16/float16 that run
+    upcast), reported by ``layout_cache_bytes()``. ``flatten_parameters()``
+    drops it; so do ``.to()`` and the other conversions.
     """
+
+    def flatten_parameters(self) -> None:
+        self.__dict__["_kept_layouts"] = KeptLayouts()
+        super().flatten_parameters()
+
+    def _weights_have_changed(self) -> bool:
+        # nn.RNNBase's test, every call, with each weight looked up in
+        # _parameters first: Module.__getattr__ costs a decode step (T=1)
+        # several microseconds. Parametrized weights are not there: getattr.
+        params = self._parameters
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names, strict=True):
+            weight = params[name] if name in params else getattr(self, name, None)
+            if weight is not None and ref is not None and ref() is not weight:
+                return True
+        return False
+
+    def layout_cache_bytes(self) -> int:
+        """Bytes of the weights' layouts the module keeps between inference calls."""
+        return self._kept_layouts.nbytes()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_kept_layouts", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__["_kept_layouts"] = KeptLayouts()
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -67,6 +104,7 @@ class LSTM(nn.LSTM):
             dropout=self.dropout,
             training=self.training,
             batch_sizes=batch_sizes,
+            kept_layouts=self._kept_layouts,
         )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)

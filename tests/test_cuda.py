@@ -127,6 +127,30 @@ def test_inference_matches_cpu(case):
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_steps_keep_layouts_on_the_gpu(dtype):
+    """A decode loop on the GPU (the whole stack in one op, layouts kept)
+    against nn.LSTM on the CPU, before and after an in-place edit."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3).to(dtype)
+    ours = lstm_ext.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3)
+    ours.load_state_dict(ref.state_dict())
+    ours = ours.to("cuda", dtype)
+    x = torch.randn(1, 4, 5).to(dtype)
+    hx = (torch.zeros(4, 4, 3, dtype=dtype), torch.zeros(4, 4, 8, dtype=dtype))
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        for step in range(4):
+            if step == 2:
+                ref.weight_hh_l1.mul_(-1)
+                ours.weight_hh_l1.mul_(-1)
+            expected, state = ref(x, hx)
+            got, _ = ours(x.cuda(), tuple(t.cuda() for t in hx))
+            torch.testing.assert_close(got.cpu(), expected, **tol)
+            hx = state
+    assert ours.layout_cache_bytes() > 0
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
 def test_tangents_match_cpu_op(case):
     """The tangent op (forward-mode AD) on the GPU."""

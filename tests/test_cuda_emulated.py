@@ -9,6 +9,7 @@ import torch
 
 import emulated
 import lstm_ext
+from lstm_ext._checks import unpack_group
 from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
 
@@ -93,3 +94,29 @@ def test_input_of_size_zero():
         results.append([y, h_n, c_n, *torch.autograd.grad(loss, (x, w_ih, w_hh))])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kept", [False, True], ids=["laid out per call", "kept layouts"])
+def test_decode_stack_matches_cpu_op(kept, dtype):
+    """The whole stack in one op (lstm_inference) with the CUDA executor's own
+    layouts (lstm_layer_lay_out), as a decode step runs, against the CPU's."""
+    from test_ops import stack_args
+
+    x, bs, h0, c0, weights, _, bias, layers, bidirectional = [
+        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in stack_args(True, True, True, False)]
+    weights = [w.to(dtype) for w in weights]
+    per_group = len(weights) // 4
+    results = []
+    for ops in (torch.ops.lstm_ext_emu, torch.ops.lstm_ext):
+        laid_out = [t for k in range(4) for t in ops.lstm_layer_lay_out(
+            *unpack_group(weights[k * per_group : (k + 1) * per_group], bias))] if kept else []
+        with torch.no_grad():
+            results.append(ops.lstm_inference(x, bs, h0, c0, weights, laid_out, bias, layers,
+                                              bidirectional))
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    if dtype == torch.float32:
+        tol = dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **tol)

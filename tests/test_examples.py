@@ -21,7 +21,7 @@ def test_char_lm_both_implementations_learn_the_same_curve(tmp_path):
     threads = torch.get_num_threads()
     try:
         summary = char_lm.main(["--steps", "8", "--chars", "50000", "--hidden", "32",
-                                "--batch", "4", "--seq", "16", "--quiet",
+                                "--batch", "4", "--seq", "16", "--sample", "40", "--quiet",
                                 "--out", str(tmp_path / "run")])
     finally:
         torch.set_num_threads(threads)
@@ -29,5 +29,10 @@ def test_char_lm_both_implementations_learn_the_same_curve(tmp_path):
     assert torch_run["losses"][-1] < torch_run["losses"][0]  # it learns
     # Same seed, same batches: float32 rounding apart, the same curve.
     assert summary["max_loss_gap"] < 1e-4
+    # Sampled a step at a time through the kept layouts; the same draws from
+    # (nearly) the same probabilities.
+    for run in (torch_run, ours):
+        assert len(run["sample"]) == 40 and run["chars_per_second"] > 0
+    assert ours["sample"] == torch_run["sample"]
     assert (tmp_path / "run.png").stat().st_size > 0
     assert json.loads((tmp_path / "run.json").read_text())["speedup"] > 0

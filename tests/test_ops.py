@@ -9,6 +9,7 @@ import torch
 import lstm_ext
 from compile_backend import BACKEND
 from lstm_ext import _ops
+from lstm_ext._checks import unpack_group
 
 B, I, H, P = 3, 4, 5, 2
 BATCH_SIZES = torch.tensor([3, 2, 2, 1], dtype=torch.int64)
@@ -47,6 +48,58 @@ def test_opcheck_dtypes(dtype):
 def test_opcheck_inference(proj, reverse):
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in op_args(proj, True, reverse)]
     torch.library.opcheck(_ops.lstm_layer_inference, args)
+
+
+def stack_args(proj, bias, bidirectional, kept):
+    """lstm_inference's arguments for two layers of op_args' sizes (float64)."""
+    torch.manual_seed(0)
+    out, directions = (P if proj else H), 2 if bidirectional else 1
+    weights = []
+    for layer in range(2):
+        for _ in range(directions):
+            inputs = I if layer == 0 else directions * out
+            weights += [torch.randn(4 * H, inputs, dtype=torch.float64),
+                        torch.randn(4 * H, out, dtype=torch.float64)]
+            weights += [torch.randn(4 * H, dtype=torch.float64) for _ in range(2 * bias)]
+            weights += [torch.randn(out, H, dtype=torch.float64)] if proj else []
+    groups = 2 * directions
+    per_group = len(weights) // groups
+    laid_out = []
+    if kept:
+        for k in range(groups):
+            laid_out += _ops.lstm_layer_lay_out(
+                *unpack_group(weights[k * per_group : (k + 1) * per_group], bias))
+    return [torch.randn(ROWS, I, dtype=torch.float64), BATCH_SIZES.clone(),
+            torch.randn(groups, B, out, dtype=torch.float64),
+            torch.randn(groups, B, H, dtype=torch.float64), weights, laid_out, bias, 2,
+            bidirectional]
+
+
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_opcheck_stack_inference(proj, bias, bidirectional):
+    """lstm_inference is the module's stack (test_layouts.py compares it with
+    nn.LSTM); its fake, schema and registrations hold."""
+    torch.library.opcheck(_ops.lstm_inference, stack_args(proj, bias, bidirectional, False))
+
+
+def test_bad_stack_arguments_raise():
+    x, bs, h0, c0, weights, kept, bias, layers, bidirectional = stack_args(True, True, True, True)
+    with pytest.raises(RuntimeError, match="expected 4 weights \\(5 with a projection\\)"):
+        _ops.lstm_inference(x, bs, h0, c0, weights[:-1], kept, bias, layers, bidirectional)
+    with pytest.raises(RuntimeError, match="kept must be empty or hold 4 entries"):
+        _ops.lstm_inference(x, bs, h0, c0, weights, kept[:-1], bias, layers, bidirectional)
+    with pytest.raises(RuntimeError, match="h0 and c0 must be 3-D with 4 layers"):
+        _ops.lstm_inference(x, bs, h0[:2], c0[:2], weights, kept, bias, layers, bidirectional)
+    with pytest.raises(RuntimeError, match="num_layers must be positive"):
+        _ops.lstm_inference(x, bs, h0, c0, weights, kept, bias, 0, bidirectional)
+    unprojected = stack_args(False, True, True, True)[5]
+    with pytest.raises(RuntimeError, match="kept_hh is not this layer's layout"):
+        _ops.lstm_inference(x, bs, h0, c0, weights, unprojected, bias, layers, bidirectional)
+    with pytest.raises(RuntimeError, match="lstm_inference has no derivative"):
+        _ops.lstm_inference(x.requires_grad_(), bs, h0, c0, weights, kept, bias, layers,
+                            bidirectional)
 
 
 def test_opcheck_backward():

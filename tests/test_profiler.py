@@ -31,6 +31,22 @@ def test_each_layer_and_direction_is_a_range_around_its_op():
         assert inside, f"no lstm_ext::lstm_layer inside {event.name}"
 
 
+def test_the_stack_op_opens_the_same_ranges():
+    """Without grad the module's stack is one op (lstm_inference), which names
+    each layer and direction as the layer-by-layer path does."""
+    lstm, x = model(), torch.randn(5, 3, 4)
+    with torch.no_grad():
+        lstm(x)
+        with profile() as prof:
+            lstm(x)
+    events = [e for e in prof.events() if e.name in LABELS]
+    assert [e.name for e in events] == LABELS
+    (op,) = [e for e in prof.events() if e.name == "lstm_ext::lstm_inference"]
+    for event in events:
+        assert op.time_range.start <= event.time_range.start
+        assert event.time_range.end <= op.time_range.end
+
+
 def test_no_range_without_a_profiler(monkeypatch):
     """Entering a range costs a dispatcher call even with no profiler to see it."""
     def refuse(name):

@@ -68,6 +68,27 @@ def fake_nvidia_smi(tmp_path) -> pathlib.Path:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_bench_decode_rows(tmp_path):
+    """A decode row (hx: the state given, no gradient) has one mode, and beside
+    nn.LSTM the stacked cell loop, torch.mm reading the weights once, and in
+    float32 onnxruntime with the state as inputs; lstm_ext's memory counts the
+    weights' layouts it keeps."""
+    spec = "B=2,T=1,I=4,H=8,layers=2,hx"
+    args = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--threads", "1",
+            "--min-run-time", "0.01", "--out", str(tmp_path), "--config", spec]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert (row["config"], row["mode"]) == (configs.Config.parse(spec).name, "decode")
+    expected = {"nn.LSTM", "lstm_ext", "LSTMCell loop", "torch.mm, weights once", "onnxruntime"}
+    assert set(row["ms"]) == expected and all(v > 0 for v in row["ms"].values())
+    # Laid out in float32: W_ih and W_hh of both layers (4H = 32 columns, 4, 8,
+    # 8 and 8 rows) and the two bias sums.
+    laid_out = (4 + 8 + 8 + 8 + 2) * 32 * 4
+    assert row["peak_mb"]["lstm_ext"] >= laid_out / 2**20
+    assert "over the LSTMCell loop median" in (tmp_path / "bench.md").read_text()
+
+
 def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     """Both ways a machine can lack a GPU: no nvidia-smi, or one that lists a GPU torch
     cannot see."""
@@ -226,4 +247,6 @@ def test_cuda_benchmark_dry_run(monkeypatch):
     assert forwards[:4] == [("forward", True, False, False)] * 3 + [("forward", False, True, False)]
     assert "replay" in events
     assert "lstm_ext CUDA graph" in rows[0]["ms"] and "lstm_ext CUDA graph" not in rows[1]["ms"]
-    assert rows[0]["peak_mb"]["lstm_ext"] == 1.0
+    # The faked allocator's MB, and the layouts of W_ih (4 x 32), W_hh (8 x 32)
+    # and the bias sum (32) kept in float32.
+    assert rows[0]["peak_mb"]["lstm_ext"] == 1.0 + (4 + 8 + 1) * 32 * 4 / 2**20

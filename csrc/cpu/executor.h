@@ -109,6 +109,10 @@ struct Executor {
     return cpu::column(b, k, col0);
   }
 
+  int64_t laid_out_numel(int64_t k, int64_t n) const {
+    return (is_reduced_precision_v<scalar_t> ? vnni_depth(k) : k) * n;
+  }
+
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                  const scalar_t* b, int64_t ldb, math_t* c, int64_t ldc, bool accumulate) const {
     gemm_serial(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
@@ -195,8 +199,10 @@ struct Executor {
 
   static int64_t threads() { return at::get_num_threads(); }
 
+  // A row's flops are two per weight it multiplies.
   static bool small(const Steps& steps, int64_t flops_per_row) {
-    return steps.rows() * flops_per_row < kParallelFlops;
+    return !worth_threads(steps.rows() * flops_per_row,
+                          flops_per_row / 2 * static_cast<int64_t>(sizeof(scalar_t)));
   }
 };
 

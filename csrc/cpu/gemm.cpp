@@ -96,7 +96,8 @@ void gemm_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, con
                    float* c, int64_t ldc, bool accumulate) {
   if (handled_empty(m, n, k, c, ldc, accumulate)) return;
   const int64_t tiles = tile_count(m, n);
-  at::parallel_for(0, tiles, grain(2 * m * n * k, tiles), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tiles, grain(2 * m * n * k, tiles, k * n * sizeof(T)),
+                   [&](int64_t begin, int64_t end) {
     const TileScope<T> scope;
     panel_tiles(begin, end, m, n, k, a, lda, b_panels, c, ldc, accumulate);
   });

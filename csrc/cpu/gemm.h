@@ -20,8 +20,16 @@
 namespace lstm_ext::cpu {
 
 // Below this many flops, work runs on the calling thread: waking the pool
-// costs more than it saves.
+// costs more than it saves...
 constexpr int64_t kParallelFlops = 1 << 20;
+// ...unless it streams at least this many bytes of weights: products of a
+// few rows (a decode step) are bound by reading their weights, which the
+// threads read faster together (benchmarks/README.md, decode steps).
+constexpr int64_t kParallelBytes = 1 << 19;
+
+inline bool worth_threads(int64_t flops, int64_t weight_bytes) {
+  return flops >= kParallelFlops || weight_bytes >= kParallelBytes;
+}
 
 // Panels of laid-out float, bfloat16 and float16 weights are this many
 // columns wide.

@@ -21,10 +21,11 @@ constexpr int64_t kSliceDepth = 512;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// at::parallel_for's grain for `tasks` tasks doing `flops` in all: one task
-// per thread, or all on the calling thread when the work is small.
-inline int64_t grain(int64_t flops, int64_t tasks) {
-  return flops < kParallelFlops ? tasks : 1;
+// at::parallel_for's grain for `tasks` tasks doing `flops` in all over
+// `weight_bytes` of weights: one task per thread, or all on the calling
+// thread when the work is small (worth_threads).
+inline int64_t grain(int64_t flops, int64_t tasks, int64_t weight_bytes = 0) {
+  return worth_threads(flops, weight_bytes) ? 1 : tasks;
 }
 
 inline int64_t tile_count(int64_t m, int64_t n) {

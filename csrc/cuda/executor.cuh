@@ -53,6 +53,7 @@ struct Executor {
 
   // cuBLAS takes the weights row-major, the gates in PyTorch's order.
   Tensor weights(const Tensor& b, Gates /*gates*/) const { return b.contiguous(); }
+  int64_t laid_out_numel(int64_t k, int64_t n) const { return k * n; }
 
   void to_pytorch_gate_order(Tensor& /*t*/, int64_t /*dim*/, int64_t /*H*/) const {}
 
