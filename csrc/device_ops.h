@@ -14,6 +14,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/stack.h>
 #include <ATen/record_function.h>
+#include <torch/library.h>
 
 #include <string>
 #include <tuple>
@@ -315,6 +316,16 @@ struct DeviceOps {
     const Guard guard(x);
     return jvp_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
                             reverse, Tangents{dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr});
+  }
+
+  // In a TORCH_LIBRARY_IMPL block for the device's dispatch key.
+  static void register_kernels(torch::Library& m) {
+    m.impl("lstm_layer", &forward);
+    m.impl("lstm_layer_inference", &inference);
+    m.impl("lstm_layer_lay_out", &lay_out);
+    m.impl("lstm_inference", &stack_inference);
+    m.impl("lstm_layer_backward", &backward);
+    m.impl("lstm_layer_jvp", &jvp);
   }
 };
 

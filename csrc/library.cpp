@@ -14,11 +14,4 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(lstm_ext, m) {
-  m.def(lstm_ext::kLayerSchema);
-  m.def(lstm_ext::kLayerInferenceSchema);
-  m.def(lstm_ext::kLayerLayOutSchema);
-  m.def(lstm_ext::kInferenceSchema);
-  m.def(lstm_ext::kLayerBackwardSchema);
-  m.def(lstm_ext::kLayerJvpSchema);
-}
+TORCH_LIBRARY(lstm_ext, m) { lstm_ext::define_ops(m); }

@@ -2,6 +2,8 @@
 // The op schemas, shared by the shipped library (namespace lstm_ext) and the
 // emulated CUDA build the tests load (namespace lstm_ext_emu).
 
+#include <torch/library.h>
+
 namespace lstm_ext {
 
 // One layer, one direction, over a packed sequence. Returns y, h_n, c_n and,
@@ -59,5 +61,13 @@ inline constexpr const char* kLayerJvpSchema =
     "Tensor w_hh, Tensor? w_hr, Tensor y, Tensor gates, Tensor cells, bool reverse, "
     "Tensor? dx, Tensor? dh0, Tensor? dc0, Tensor? dw_ih, Tensor? dw_hh, Tensor? db, "
     "Tensor? dw_hr) -> (Tensor, Tensor, Tensor)";
+
+// Defines every op above in a TORCH_LIBRARY block's library.
+inline void define_ops(torch::Library& m) {
+  for (const char* schema : {kLayerSchema, kLayerInferenceSchema, kLayerLayOutSchema,
+                             kInferenceSchema, kLayerBackwardSchema, kLayerJvpSchema}) {
+    m.def(schema);
+  }
+}
 
 }  // namespace lstm_ext

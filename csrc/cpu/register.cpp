@@ -27,11 +27,5 @@ TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
-  using K = lstm_ext::DeviceOps<lstm_ext::cpu::Executor, c10::DeviceType::CPU>;
-  m.impl("lstm_layer", &K::forward);
-  m.impl("lstm_layer_inference", &K::inference);
-  m.impl("lstm_layer_lay_out", &K::lay_out);
-  m.impl("lstm_inference", &K::stack_inference);
-  m.impl("lstm_layer_backward", &K::backward);
-  m.impl("lstm_layer_jvp", &K::jvp);
+  lstm_ext::DeviceOps<lstm_ext::cpu::Executor, c10::DeviceType::CPU>::register_kernels(m);
 }

@@ -26,11 +26,6 @@ struct DeviceGuard {
 }  // namespace lstm_ext
 
 TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
-  using K = lstm_ext::DeviceOps<lstm_ext::Executor, c10::DeviceType::CUDA, lstm_ext::DeviceGuard>;
-  m.impl("lstm_layer", &K::forward);
-  m.impl("lstm_layer_inference", &K::inference);
-  m.impl("lstm_layer_lay_out", &K::lay_out);
-  m.impl("lstm_inference", &K::stack_inference);
-  m.impl("lstm_layer_backward", &K::backward);
-  m.impl("lstm_layer_jvp", &K::jvp);
+  using Ops = lstm_ext::DeviceOps<lstm_ext::Executor, c10::DeviceType::CUDA, lstm_ext::DeviceGuard>;
+  Ops::register_kernels(m);
 }

@@ -30,21 +30,8 @@ using Executor = cuda::Executor<emu::Backend, scalar_t>;
 }  // namespace
 }  // namespace lstm_ext
 
-TORCH_LIBRARY(lstm_ext_emu, m) {
-  m.def(lstm_ext::kLayerSchema);
-  m.def(lstm_ext::kLayerInferenceSchema);
-  m.def(lstm_ext::kLayerLayOutSchema);
-  m.def(lstm_ext::kInferenceSchema);
-  m.def(lstm_ext::kLayerBackwardSchema);
-  m.def(lstm_ext::kLayerJvpSchema);
-}
+TORCH_LIBRARY(lstm_ext_emu, m) { lstm_ext::define_ops(m); }
 
 TORCH_LIBRARY_IMPL(lstm_ext_emu, CPU, m) {
-  using K = lstm_ext::DeviceOps<lstm_ext::Executor, c10::DeviceType::CPU>;
-  m.impl("lstm_layer", &K::forward);
-  m.impl("lstm_layer_inference", &K::inference);
-  m.impl("lstm_layer_lay_out", &K::lay_out);
-  m.impl("lstm_inference", &K::stack_inference);
-  m.impl("lstm_layer_backward", &K::backward);
-  m.impl("lstm_layer_jvp", &K::jvp);
+  lstm_ext::DeviceOps<lstm_ext::Executor, c10::DeviceType::CPU>::register_kernels(m);
 }
