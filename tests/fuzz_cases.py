@@ -161,6 +161,41 @@ def check_valid(c: ModuleCase) -> None:
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
 
 
+def check_decode(c: ModuleCase) -> None:
+    """Call after call without grad, the state carried as a decoder carries it:
+    lstm_ext.LSTM keeps its weights' layouts between the calls, and an
+    in-place edit of every weight before the third must show in it. The same
+    outputs and states as nn.LSTM on the same state each call; with
+    weight_views, the weights are strided views."""
+    torch.set_num_threads(2)
+    torch.ops.lstm_ext._cpu_split(c.split)
+    torch.ops.lstm_ext._cpu_native_off(not c.native)
+    tol = REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
+    ref, ours = _modules(c)
+    gen = torch.Generator().manual_seed(c.seed)
+    if c.weight_views:
+        for module in (ref, ours):
+            for p in module.parameters():
+                holder = torch.empty(*p.shape[:-1], 2 * p.shape[-1], dtype=p.dtype)
+                holder[..., ::2] = p.detach()
+                p.data = holder[..., ::2]
+    _, x, hx = _inputs(c, gen)
+    hx = None if hx is None else tuple(t.detach() for t in hx)
+    with torch.no_grad():
+        for step in range(3):
+            if step == 2:
+                for module in (ref, ours):
+                    for p in module.parameters():
+                        p.mul_(-0.5)
+            expected, got = ref(x, hx), ours(x, hx)
+            for i, (a, b) in enumerate(zip((got[0], *got[1]), (expected[0], *expected[1]))):
+                a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+                torch.testing.assert_close(a.to(b.dtype), b, **tol,
+                                           msg=lambda m, i=i, s=step: f"{c}: step {s} #{i}: {m}")
+            hx = got[1]
+    assert ours.layout_cache_bytes() > 0
+
+
 def check_forward_mode(c: ModuleCase) -> None:
     """Tangents of lstm_ext.LSTM's outputs and final states (torch.func.jvp,
     with tangents on every parameter, the states when given, and the input

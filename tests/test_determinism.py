@@ -40,13 +40,18 @@ def test_bitwise_identical_runs(split, hidden, sizes, dtype):
             torch.use_deterministic_algorithms(False)
 
 
-def test_bitwise_identical_inference_runs():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T, B, H", [(30, 24, 96), (1, 1, 512)], ids=["sequence", "decode step"])
+def test_bitwise_identical_inference_runs(T, B, H, dtype):
+    """The first call lays the weights out, the next ones use the kept layouts;
+    a decode step of 1 MB of weights splits between the threads."""
     torch.manual_seed(0)
-    lstm = lstm_ext.LSTM(64, 96, num_layers=2, bidirectional=True, proj_size=48)
-    x = torch.randn(30, 24, 64)
+    lstm = lstm_ext.LSTM(64, H, num_layers=2, bidirectional=True, proj_size=48).to(dtype)
+    x = torch.randn(T, B, 64, dtype=dtype)
+    hx = (torch.randn(4, B, 48, dtype=dtype), torch.randn(4, B, H, dtype=dtype))
     with torch.no_grad():
-        first = lstm(x)
+        first = lstm(x, hx)
         for _ in range(3):
-            again = lstm(x)
+            again = lstm(x, hx)
             for a, b in zip((first[0], *first[1]), (again[0], *again[1])):
                 assert torch.equal(a, b)

@@ -88,6 +88,13 @@ def test_valid_configurations_match_nn_lstm(worker, case):
 
 
 @fuzz(100)
+@given(case=module_cases(split=st.sampled_from([-1, 0, 1]),
+                         dtype=st.sampled_from(sorted(fc.DTYPES))))
+def test_decode_calls_match_nn_lstm(worker, case):
+    worker.run(fc.check_decode, case)
+
+
+@fuzz(100)
 @given(case=module_cases())
 def test_forward_mode_matches_nn_lstm(worker, case):
     worker.run(fc.check_forward_mode, case)
