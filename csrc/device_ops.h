@@ -68,21 +68,21 @@ Result in_dtype(at::ScalarType dtype, const Upcast& upcast, const Run& run) {
   return out;
 }
 
-// `save`: for a backward (layer_forward's); `kept`: the weights' layout from
-// lay_out_op, or null.
+// forward_op past its checks. Upcast, it runs again on float copies; with a
+// kept layout (made in float on that path), the weights are not read, only
+// looked at for presence, so they are not copied.
 template <template <typename> class Executor>
-LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
-                    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-                    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                    bool reverse, bool save, const LaidOut* kept) {
-  const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
-  check_device_and_dtype(x, device);
+LayerOut checked_forward(const LayerDims& d, const Tensor& x, const Tensor& batch_sizes,
+                         const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                         const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                         const OptTensor& w_hr, bool reverse, bool save, const LaidOut* kept) {
   const auto dtype = x.scalar_type();
   const auto upcast = [&] {
-    auto [y, h_n, c_n, gates, cells] = forward_op<Executor>(
-        device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
-        w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(b_ih), to_float(b_hh), to_float(w_hr),
-        reverse, save, kept);
+    const auto weight = [&](const Tensor& w) { return kept ? w : w.to(at::kFloat); };
+    const auto optional = [&](const OptTensor& w) { return kept ? w : to_float(w); };
+    auto [y, h_n, c_n, gates, cells] = checked_forward<Executor>(
+        d, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat), weight(w_ih),
+        weight(w_hh), optional(b_ih), optional(b_hh), optional(w_hr), reverse, save, kept);
     return LayerOut{y.to(dtype), h_n.to(dtype), c_n.to(dtype), to_dtype(gates, dtype), cells};
   };
   return in_dtype<Executor, true, LayerOut>(dtype, upcast, [&](auto& ex) {
@@ -94,6 +94,19 @@ LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
     std::get<2>(out) = std::get<2>(out).to(dtype);
     return out;
   });
+}
+
+// `save`: for a backward (layer_forward's); `kept`: the weights' layout from
+// lay_out_op, or null.
+template <template <typename> class Executor>
+LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
+                    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                    bool reverse, bool save, const LaidOut* kept) {
+  const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_device_and_dtype(x, device);
+  return checked_forward<Executor>(d, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                   reverse, save, kept);
 }
 
 template <template <typename> class Executor>

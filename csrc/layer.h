@@ -104,8 +104,8 @@ LaidOut lay_out_forward(Ex& ex, const Tensor& w_ih, const Tensor& w_hh, const Op
 }
 
 // A kept lay_out_forward, checked against this layer and executor: a layout
-// of other weights' sizes, or of the other 16-bit path, is an error, never a
-// wrong product.
+// of other sizes, dtype (the other 16-bit path) or device is an error. That it
+// is of these very weights is the caller's to know (_layouts.py).
 template <typename Ex>
 const LaidOut& kept_layout(const Ex& ex, const LaidOut& kept, const LayerDims& d,
                            const Tensor& x, bool has_bias, bool has_proj) {

@@ -205,7 +205,9 @@ def _without_derivative(name, op):
     below = _below_autograd(op)
 
     def kernel(keyset, *args):
-        if any(_routes(a for a in args if isinstance(a, torch.Tensor))):
+        tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,))
+                   if isinstance(t, torch.Tensor)]
+        if any(_routes(tensors)):
             raise RuntimeError(
                 f"{name} has no derivative: differentiate lstm_ext::lstm_layer instead (its "
                 "rules cover double backward, forward-mode AD and torch.func transforms)"

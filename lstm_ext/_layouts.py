@@ -11,10 +11,13 @@ CPU's 16-bit path (native or upcast). An optimizer step, an in-place edit,
 load_state_dict (both bump the version counter), `.data` assignment (another
 storage), `.to()`, `.half()`, a new Parameter, functional_call's weights,
 parametrizations (other tensors) all change it, and the next call lays the
-weights out again. An edit through `.data` (`w.data.add_(...)`) bumps no
-version counter, as it escapes autograd: call `flatten_parameters()` after
-one. A call that may be differentiated (training) drops what is kept: its
-weights are about to change.
+weights out again. Writes that escape autograd bump no version counter and
+go unseen: an edit through `.data` (`w.data.add_(...)`), through a numpy or
+DLPack view, by another process into shared memory, by a CUDA graph's
+replay; call `flatten_parameters()` after one. A call that may be
+differentiated (training) drops what is kept: its weights are about to
+change. A replaced `.data` stays allocated until the next call replaces
+its layout.
 """
 
 from __future__ import annotations
@@ -35,17 +38,23 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 def eager_inference(x: Tensor, hx: Sequence[Tensor], weights: Sequence[Tensor]) -> bool:
     """Whether the layers run the inference op eagerly on x, hx and these
-    weights, as they are: nothing can ask for a derivative (grad mode off or
-    nothing requiring grad; no forward-mode level), outside torch.compile,
-    torch.func transforms and autocast (which casts the weights), on plain
-    CPU or CUDA tensors (a FakeTensor has no data to lay out)."""
-    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    weights, as they are, with layouts that may be kept: nothing can ask for
+    a derivative (grad mode off or nothing requiring grad; no forward-mode
+    level), outside torch.compile, torch.jit.trace, torch.func transforms,
+    autocast (which casts the weights) and CUDA graph capture (a graph would
+    keep reading a layout the module may replace), on plain CPU or CUDA
+    tensors (a FakeTensor has no data to lay out) and weights that are not
+    inference tensors (they have no version counter)."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()
             or forward_ad._current_level >= 0 or type(x) not in _PLAIN
-            or x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)):
+            or x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)
+            or (x.is_cuda and torch.cuda.is_current_stream_capturing())):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *hx, *weights)):
         return False
-    return all(type(t) in _PLAIN for t in (*hx, *weights))
+    return (all(type(t) in _PLAIN for t in hx)
+            and all(type(w) in _PLAIN and not w.is_inference() for w in weights))
 
 
 def _native(w: Tensor) -> bool:
@@ -74,7 +83,11 @@ class KeptLayouts:
         if (entry is None or entry[0] != fingerprint
                 or any(ref() is not w for ref, w in zip(entry[1], group))):
             laid_out = _ops.lstm_layer_lay_out(*unpack_group(group, bias))
-            entry = (fingerprint, tuple(weakref.ref(w) for w in group), laid_out)
+            # The storages are held, so that no storage of a later `.data`
+            # assignment (which keeps the version counter) can take one of
+            # their addresses while the fingerprint names it.
+            storages = tuple(w.untyped_storage() for w in group)
+            entry = (fingerprint, tuple(weakref.ref(w) for w in group), laid_out, storages)
             self._entries[k] = entry
         return entry[2]
 
@@ -87,5 +100,5 @@ class KeptLayouts:
         self._entries.clear()
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for _, _, laid_out in self._entries.values()
-                   for t in laid_out if t is not None)
+        return sum(t.numel() * t.element_size() for entry in self._entries.values()
+                   for t in entry[2] if t is not None)

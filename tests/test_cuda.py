@@ -151,6 +151,31 @@ def test_decode_steps_keep_layouts_on_the_gpu(dtype):
     assert ours.layout_cache_bytes() > 0
 
 
+def test_graph_capture_keeps_no_layout():
+    """A captured decode step lays its weights out inside the graph: a layout
+    the module kept could be replaced (and freed) under the graph."""
+    torch.manual_seed(0)
+    lstm = lstm_ext.LSTM(5, 8, num_layers=2).cuda().eval()
+    x, hx = torch.randn(1, 3, 5, device="cuda"), (torch.zeros(2, 3, 8, device="cuda"),) * 2
+    with torch.no_grad():
+        expected = lstm(x, hx)[0]
+        lstm.flatten_parameters()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            lstm(x, hx)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = lstm(x, hx)[0]
+        assert lstm.layout_cache_bytes() == 0
+        lstm.weight_hh_l1.mul_(-1)
+        lstm(x, hx)
+        lstm.weight_hh_l1.mul_(-1)
+        graph.replay()
+    torch.testing.assert_close(out, expected)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c}-{str(c.dtype)[6:]}")
 def test_tangents_match_cpu_op(case):
     """The tangent op (forward-mode AD) on the GPU."""

@@ -148,6 +148,66 @@ def test_dropout_in_training_mode_without_grad():
     assert ours.layout_cache_bytes() > 0
 
 
+def test_data_assigned_twice_between_calls():
+    """`.data` assignment keeps the version counter: the kept layout holds the
+    old storage, so the second new storage cannot take its address."""
+    ref, ours = twins(num_layers=2)
+    x, hx = inputs(ours)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for _ in range(5):
+            assert_like(ref, ours, x, hx, tol)
+            for module in (ref, ours):
+                for _ in range(2):
+                    module.weight_hh_l1.data = module.weight_hh_l1.data * -1.5
+        assert_like(ref, ours, x, hx, tol)
+
+
+def test_weights_made_in_inference_mode():
+    """Inference tensors have no version counter: nothing is kept for them, and
+    edits (only possible in inference mode) show."""
+    with torch.inference_mode():
+        ref, ours = twins(num_layers=2, proj_size=5)
+        x, hx = inputs(ours)
+        tol = dict(rtol=1e-5, atol=1e-6)
+        assert_like(ref, ours, x, hx, tol)
+        for module in (ref, ours):
+            module.weight_hh_l0.mul_(-2)
+        assert_like(ref, ours, x, hx, tol)
+    assert ours.layout_cache_bytes() == 0
+
+
+def test_tracing_keeps_nothing():
+    """torch.jit.trace records the per-layer op on the weights, not a layout
+    (which would be a constant of the trace): edits show in the traced module."""
+    ref, ours = twins(num_layers=2)
+    x, hx = inputs(ours)
+    with torch.no_grad():
+        ours(x, hx)
+        traced = torch.jit.trace(ours, (x, hx))
+        assert "lstm_layer_lay_out" not in str(traced.graph)
+        for module in (ref, ours):
+            module.weight_hh_l1.mul_(-2)
+        assert_like(ref, traced, x, hx, dict(rtol=1e-5, atol=1e-6))
+
+
+def test_the_stack_op_multiplies_the_kept_layouts():
+    """lstm_inference reads the layouts it is given, not the weights: given
+    those of other weights of the same sizes, it computes with them."""
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 7), torch.randn(48, 12), torch.randn(48), torch.randn(48)]
+    other = [torch.randn_like(w) for w in weights]
+    x, batch_sizes = torch.randn(3, 7), torch.tensor([3])
+    h0, c0 = torch.randn(1, 3, 12), torch.randn(1, 3, 12)
+    with torch.no_grad():
+        expected = _ops.lstm_inference(x, batch_sizes, h0, c0, other, [], True, 1, False)
+        kept = list(_ops.lstm_layer_lay_out(*other, None))
+        got = _ops.lstm_inference(x, batch_sizes, h0, c0, weights, kept, True, 1, False)
+        own = _ops.lstm_inference(x, batch_sizes, h0, c0, weights, [], True, 1, False)
+    for a, b, c in zip(got, expected, own):
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_functional_call_and_parametrizations_use_their_weights():
     """Weights swapped in for one call, or made by a parametrization at each
     call, are other tensors than the ones a layout was kept for."""

@@ -78,10 +78,11 @@ def stack_args(proj, bias, bidirectional, kept):
 @pytest.mark.parametrize("proj", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_opcheck_stack_inference(proj, bias, bidirectional):
+@pytest.mark.parametrize("kept", [False, True])
+def test_opcheck_stack_inference(proj, bias, bidirectional, kept):
     """lstm_inference is the module's stack (test_layouts.py compares it with
     nn.LSTM); its fake, schema and registrations hold."""
-    torch.library.opcheck(_ops.lstm_inference, stack_args(proj, bias, bidirectional, False))
+    torch.library.opcheck(_ops.lstm_inference, stack_args(proj, bias, bidirectional, kept))
 
 
 def test_bad_stack_arguments_raise():
@@ -98,8 +99,11 @@ def test_bad_stack_arguments_raise():
     with pytest.raises(RuntimeError, match="kept_hh is not this layer's layout"):
         _ops.lstm_inference(x, bs, h0, c0, weights, unprojected, bias, layers, bidirectional)
     with pytest.raises(RuntimeError, match="lstm_inference has no derivative"):
-        _ops.lstm_inference(x.requires_grad_(), bs, h0, c0, weights, kept, bias, layers,
-                            bidirectional)
+        _ops.lstm_inference(x.clone().requires_grad_(), bs, h0, c0, weights, kept, bias,
+                            layers, bidirectional)
+    with pytest.raises(RuntimeError, match="lstm_inference has no derivative"):
+        _ops.lstm_inference(x, bs, h0, c0, [weights[0].clone().requires_grad_(), *weights[1:]],
+                            kept, bias, layers, bidirectional)
 
 
 def test_opcheck_backward():
