@@ -160,14 +160,7 @@ def test_graph_capture_keeps_no_layout():
     with torch.no_grad():
         expected = lstm(x, hx)[0]
         lstm.flatten_parameters()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            lstm(x, hx)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = lstm(x, hx)[0]
+        graph, out = captured(lambda: lstm(x, hx)[0])
         assert lstm.layout_cache_bytes() == 0
         lstm.weight_hh_l1.mul_(-1)
         lstm(x, hx)
@@ -233,18 +226,23 @@ def loss_and_grads(leaves, loss):
     return [value.detach(), *torch.autograd.grad(value, leaves)]
 
 
-def test_cuda_graph_capture_forward_and_backward():
-    leaves, loss = cuda_problem()
-    # Warm-up on a side stream, as torch.cuda.graphs asks before capture.
+def captured(fn):
+    """fn run once on a side stream (the warm-up torch.cuda.graphs asks for
+    before capture), then captured: the graph and fn's result in it."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        loss_and_grads(leaves, loss)
+        fn()
     torch.cuda.current_stream().wait_stream(side)
-
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = loss_and_grads(leaves, loss)
+        result = fn()
+    return graph, result
+
+
+def test_cuda_graph_capture_forward_and_backward():
+    leaves, loss = cuda_problem()
+    graph, captured_results = captured(lambda: loss_and_grads(leaves, loss))
 
     with torch.no_grad():
         for leaf in leaves:
@@ -252,7 +250,7 @@ def test_cuda_graph_capture_forward_and_backward():
     graph.replay()
     torch.cuda.synchronize()
     eager = loss_and_grads(leaves, loss)
-    for a, b in zip(captured, eager):
+    for a, b in zip(captured_results, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
