@@ -4,8 +4,10 @@
 // these and nothing else writes gate math. Gate order is PyTorch's: i, f, g, o.
 //
 // T is the math type: float or double, or a SIMD vector of them on the CPU.
-// Activations<T> supplies sigmoid and tanh; at the end, a specialisation for
-// at::vec::Vectorized lets the same equations run on whole vector registers.
+// A (Activations<T> unless a kernel names another) supplies sigmoid and tanh;
+// at the end, a specialisation for at::vec::Vectorized lets the same
+// equations run on whole vector registers, and RoundedActivations is the
+// cheaper form for results rounded to 16 bits.
 
 #include <cmath>
 
@@ -35,9 +37,8 @@ struct Activations {
 
 // In: the four gate pre-activations and c_{t-1}.
 // Out: the gates replaced by their activations, c_t and h_t.
-template <typename T>
+template <typename T, typename A = Activations<T>>
 LSTM_HOST_DEVICE void cell_forward(T& i, T& f, T& g, T& o, T c_prev, T& c, T& h) {
-  using A = Activations<T>;
   i = A::sigmoid(i);
   f = A::sigmoid(f);
   g = A::tanh(g);
@@ -50,10 +51,9 @@ LSTM_HOST_DEVICE void cell_forward(T& i, T& f, T& g, T& o, T c_prev, T& c, T& h)
 // back from step t+1. Out: dL/d(gate pre-activations), dL/dc_{t-1}, and h_t
 // recomputed (the projection's weight gradient needs it; saving it would cost
 // a (rows, H) buffer per layer).
-template <typename T>
+template <typename T, typename A = Activations<T>>
 LSTM_HOST_DEVICE void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_next,
                                     T& di, T& df, T& dg, T& do_, T& dc_prev, T& h) {
-  using A = Activations<T>;
   const T one(1);
   const T tc = A::tanh(c);
   h = o * tc;
@@ -69,10 +69,9 @@ LSTM_HOST_DEVICE void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T d
 // c_{t-1}, and the tangents (directional derivatives, t_ prefix) of the four
 // gate pre-activations and of c_{t-1}. Out: the tangents of c_t and h_t, and
 // h_t recomputed (the projection's weight tangent multiplies it).
-template <typename T>
+template <typename T, typename A = Activations<T>>
 LSTM_HOST_DEVICE void cell_tangent(T i, T f, T g, T o, T c, T c_prev, T t_i, T t_f, T t_g,
                                    T t_o, T t_c_prev, T& t_c, T& t_h, T& h) {
-  using A = Activations<T>;
   const T one(1);
   const T tanh_c = A::tanh(c);
   h = o * tanh_c;
@@ -85,12 +84,36 @@ LSTM_HOST_DEVICE void cell_tangent(T i, T f, T g, T o, T c, T c_prev, T t_i, T t
 // Both from one exp and one division. Sleef's tanh, behind Vectorized::tanh,
 // costs several times more; this form loses relative (not absolute) accuracy
 // only near 0, where the absolute error stays at one unit of 1.0.
-template <typename T>
-struct Activations<at::vec::Vectorized<T>> {
-  using V = at::vec::Vectorized<T>;
-  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
-  static V tanh(V x) { return V(T(1)) - V(T(2)) / ((x + x).exp() + V(T(1))); }
+template <typename V, typename Exp>
+struct VectorActivations {
+  using T = typename V::value_type;
+  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + Exp::exp(x.neg())); }
+  static V tanh(V x) { return V(T(1)) - V(T(2)) / (Exp::exp(x + x) + V(T(1))); }
 };
+
+// Sleef's exp, within 1 ulp.
+struct SleefExp {
+  template <typename V>
+  static V exp(V x) {
+    return x.exp();
+  }
+};
+
+template <typename T>
+struct Activations<at::vec::Vectorized<T>>
+    : VectorActivations<at::vec::Vectorized<T>, SleefExp> {};
+
+// ATen's polynomial exp: 20 ulp of float, far below the rounding of the
+// native bfloat16/float16 path's results to 16 bits (2^-9, 2^-12), at a
+// fraction of Sleef's cost (the cell pass was a tenth of a bfloat16 layer's
+// time). It clamps its input, so a NaN is put back.
+struct PolynomialExp {
+  static at::vec::Vectorized<float> exp(at::vec::Vectorized<float> x) {
+    return at::vec::Vectorized<float>::blendv(x.exp_u20(), x, x.isnan());
+  }
+};
+
+using RoundedActivations = VectorActivations<at::vec::Vectorized<float>, PolynomialExp>;
 #endif
 
 }  // namespace lstm_ext

@@ -1,7 +1,9 @@
 """The CPU kernels of every instruction-set level this CPU has (csrc/cpu/kernels.h):
 each, forced with ATEN_CPU_CAPABILITY in a fresh process, is the level chosen
 and matches nn.LSTM (outputs, final states, every gradient, tangents), float32
-and float64."""
+and float64; where bfloat16 runs natively, its cell passes (the polynomial
+exp of cell.h's RoundedActivations) stay within bfloat16's rounding of
+float64 and carry NaN and infinities as float64 does."""
 
 import os
 import pathlib
@@ -16,6 +18,7 @@ LEVELS = ["default", "avx2", "avx512"]
 TESTS = pathlib.Path(__file__).resolve().parent
 
 CHECK = """
+import copy
 import sys
 import torch
 import lstm_ext
@@ -36,6 +39,17 @@ for dtype in (torch.float32, torch.float64):
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, **tol)
+if torch.ops.lstm_ext.cpu_native(torch.bfloat16):
+    torch.manual_seed(0)
+    model = lstm_ext.LSTM(7, 40, num_layers=2).double()
+    x = 3 * torch.randn(9, 5, 7, dtype=torch.float64)
+    x[2, 1, 3], x[4, 3, 0], x[5, 0, 1] = float("nan"), float("inf"), -float("inf")
+    x[6, 2] = 1e30  # past exp's range in every gate
+    exact = model(x)
+    rounded = copy.deepcopy(model).bfloat16()(x.bfloat16())
+    for a, b in zip(torch.utils._pytree.tree_leaves(rounded),
+                    torch.utils._pytree.tree_leaves(exact)):
+        torch.testing.assert_close(a.double(), b, rtol=0.05, atol=0.05, equal_nan=True)
 print("ok", level)
 """
 

@@ -5,6 +5,7 @@
 #include "brgemm_pairs.h"
 
 #include "native.h"
+#include "tiles.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/native/CPUBlas.h>
@@ -45,9 +46,9 @@ at::Tensor vnni_panels(const at::Tensor& b) {
   AT_DISPATCH_REDUCED_FLOATING_TYPES(b.scalar_type(), "vnni_panels", [&] {
     const scalar_t* from = b.const_data_ptr<scalar_t>();
     scalar_t* dst = panels.data_ptr<scalar_t>();
-    for (int64_t j = 0; j < n; j += kPanel) {
-      to_pairs(from + j, n, k, std::min(kPanel, n - j), 0, kp, dst + kp * j);
-    }
+    for_each_panel(n, k * n * 2, [&](int64_t j, int64_t width) {
+      to_pairs(from + j, n, k, width, 0, kp, dst + kp * j);
+    });
   });
   return panels;
 }

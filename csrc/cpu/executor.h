@@ -18,6 +18,7 @@
 #include "gemm.h"
 #include "kernels.h"
 #include "native.h"
+#include "profile.h"
 
 #include <ATen/Parallel.h>
 
@@ -48,6 +49,7 @@ struct Executor {
     const int64_t batch = steps.size(0);
     const int64_t parts = small(steps, flops_per_row) ? 1 : std::min(threads(), batch);
     const std::vector<int64_t> bounds = steps.split(parts);
+    const Timed timed(Work::time_loop, 0);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       const TileScope<scalar_t> tiles;
       for (int64_t part = begin; part < end; ++part) body(bounds[part], bounds[part + 1]);
@@ -75,6 +77,7 @@ struct Executor {
   void for_each_part(int64_t extent, int64_t align, const Body& body) const {
     const int64_t pieces = (extent + align - 1) / align;
     const int64_t parts = std::min(threads(), pieces);
+    const Timed timed(Work::time_loop, 0);
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       const TileScope<scalar_t> tiles;
       for (int64_t p = begin; p < end; ++p) {
@@ -98,6 +101,7 @@ struct Executor {
   }
 
   Tensor weights(const Tensor& b, Gates gates) const {
+    const Timed timed(Work::layout, 0);
     return weight_layout(b, gates, gate_group(0));
   }
 
@@ -115,17 +119,20 @@ struct Executor {
 
   void step_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                  const scalar_t* b, int64_t ldb, math_t* c, int64_t ldc, bool accumulate) const {
+    const Timed timed(Work::step_gemm, 2 * m * n * k);
     gemm_serial(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
   void sequence_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                      const scalar_t* b, math_t* c, int64_t ldc, bool accumulate) const {
+    const Timed timed(Work::sequence_gemm, 2 * m * n * k);
     gemm_parallel(m, n, k, a, lda, b, c, ldc, accumulate);
   }
 
   void weight_gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                    const scalar_t* b, int64_t ldb, math_t* c, int64_t ldc,
                    bool accumulate) const {
+    const Timed timed(Work::weight_gemm, 2 * m * n * k);
     gemm_tn_parallel(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
 
@@ -155,6 +162,7 @@ struct Executor {
                     const math_t* gates, scalar_t* activated, const math_t* bias,
                     const math_t* c_prev, const math_t* c0, math_t* c_out,
                     scalar_t* h_out) const {
+    const Timed timed(Work::cell_forward, (r1 - r0) * (u1 - u0));
     passes.forward(r0, r1, u0, u1, carried, H, gate_group(H), gates, activated, bias, c_prev, c0,
                    c_out, h_out);
   }
@@ -168,6 +176,7 @@ struct Executor {
                      const math_t* c0, const math_t* dh, const math_t* dh_extra,
                      math_t* dc_state, scalar_t* dgates, math_t* dgates_wide,
                      scalar_t* h_out) const {
+    const Timed timed(Work::cell_backward, (r1 - r0) * (u1 - u0));
     passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, dh,
                     dh_extra, dc_state, dgates, dgates_wide, h_out);
   }

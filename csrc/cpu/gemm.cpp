@@ -32,15 +32,9 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
 
 // Rows [i, i + rows) of A^T's k rows [0, depth) (A: (depth, m), row stride
 // lda, from its row 0) into `slice`, row stride kSliceDepth.
-void transpose_slice(const float* a, int64_t lda, int64_t depth, int64_t rows, float* slice) {
-  kernels().transpose(a, lda, depth, rows, slice, kSliceDepth);
-}
-
-template <typename T, typename = IfReduced<T>>
+template <typename T>
 void transpose_slice(const T* a, int64_t lda, int64_t depth, int64_t rows, T* slice) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t q = 0; q < depth; ++q) slice[r * kSliceDepth + q] = a[q * lda + r];
-  }
+  kernels().transpose(a, lda, depth, rows, slice, kSliceDepth);
 }
 
 // float's C[m,n] (+)= A[k,m]^T B[k,n] where n < m: transposing the narrower

@@ -43,6 +43,9 @@ Vec load(const in_t* src, int64_t n) {
 template <typename math_t, typename scalar_t = math_t>
 struct Cells {
   using Vec = at::vec::Vectorized<math_t>;
+  // Results rounded to 16 bits take the cheaper activations (cell.h).
+  using Act = std::conditional_t<std::is_same_v<math_t, scalar_t>, Activations<Vec>,
+                                 RoundedActivations>;
 
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                       int64_t group, const math_t* gates, scalar_t* activated,
@@ -53,7 +56,7 @@ struct Cells {
       auto [i, f, gg, o] = load_gates(gates + at, k, bias, H);
       const int64_t e = k.row * H + k.unit;
       Vec c, h;
-      lstm_ext::cell_forward(i, f, gg, o, Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n),
+      lstm_ext::cell_forward<Vec, Act>(i, f, gg, o, Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n),
                              c, h);
       if (activated) {
         scalar_t* a = activated + at;
@@ -78,7 +81,7 @@ struct Cells {
       Vec dh_v = Vec::loadu(dh + e, k.n);
       if (dh_extra) dh_v = dh_v + Vec::loadu(dh_extra + e, k.n);
       Vec di, df, dg, do_, dc_prev, h;
-      lstm_ext::cell_backward(i, f, g, o, Vec::loadu(cells + e, k.n),
+      lstm_ext::cell_backward<Vec, Act>(i, f, g, o, Vec::loadu(cells + e, k.n),
                               Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n), dh_v,
                               Vec::loadu(dc_state + e, k.n), di, df, dg, do_, dc_prev, h);
       const int64_t at = k.row * 4 * H + k.column;
@@ -109,7 +112,7 @@ struct Cells {
       const int64_t e = k.row * H + k.unit;
       const bool carried_row = k.row < carried;
       Vec t_c, t_h, h;
-      lstm_ext::cell_tangent(i, f, g, o, Vec::loadu(cells + e, k.n),
+      lstm_ext::cell_tangent<Vec, Act>(i, f, g, o, Vec::loadu(cells + e, k.n),
                              Vec::loadu((carried_row ? c_prev : c0) + e, k.n), t_i, t_f, t_g,
                              t_o, Vec::loadu((carried_row ? t_c_prev : t_c0) + e, k.n), t_c,
                              t_h, h);
@@ -167,19 +170,21 @@ struct Cells {
   static constexpr CellKernels<math_t, scalar_t> table{&forward, &backward, &tangent, &add};
 };
 
-// 16 x 16 at a time in registers (AVX2 and AVX-512 both have that size unmasked).
-void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+// Blocks that fill registers: 16 x 16 floats, 32 x 32 16-bit values (AVX2 and
+// AVX-512 transpose both sizes in registers; at the default level, a loop).
+template <typename T>
+void transpose(const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
                int64_t ld_dst) {
-  constexpr int64_t B = 16;
+  constexpr int64_t B = sizeof(T) == 4 ? 16 : 32;
   for (int64_t r = 0; r < rows; r += B) {
     for (int64_t c = 0; c < cols; c += B) {
-      const float* s = src + r * ld_src + c;
-      float* d = dst + c * ld_dst + r;
+      const T* s = src + r * ld_src + c;
+      T* d = dst + c * ld_dst + r;
       if (r + B <= rows && c + B <= cols) {
-        at::vec::transpose_mxn<float, B, B>(s, ld_src, d, ld_dst);
+        at::vec::transpose_mxn<T, B, B>(s, ld_src, d, ld_dst);
       } else {
-        at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, std::min(B, rows - r),
-                                      std::min(B, cols - c));
+        at::vec::transpose_mxn<T>(s, ld_src, d, ld_dst, std::min(B, rows - r),
+                                  std::min(B, cols - c));
       }
     }
   }
@@ -256,7 +261,9 @@ const Kernels table{Cells<float>::table,
                     Cells<double>::table,
                     Cells<float, c10::BFloat16>::table,
                     Cells<float, c10::Half>::table,
-                    &transpose,
+                    &transpose<float>,
+                    &transpose<c10::BFloat16>,
+                    &transpose<c10::Half>,
                     &few_rows_gemm};
 
 }  // namespace lstm_ext::cpu::CPU_CAPABILITY

@@ -51,14 +51,30 @@ struct Kernels {
   // For the bf16 and float16 products of the native path (native.h).
   CellKernels<float, c10::BFloat16> bf16;
   CellKernels<float, c10::Half> f16;
-  // dst[c][r] = src[r][c] for a rows x cols block.
-  void (*transpose)(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-                    int64_t ld_dst);
+  // dst[c][r] = src[r][c] for a rows x cols block, per element size.
+  template <typename T>
+  using Transpose = void (*)(const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
+                             int64_t ld_dst);
+  Transpose<float> transpose_f32;
+  Transpose<c10::BFloat16> transpose_bf16;
+  Transpose<c10::Half> transpose_f16;
   // C[m,n] (+)= A[m,k] B[k,n] for m <= kFewRows, B in column panels of `panel`
   // columns (gemm.h): products too small for brgemm's call to pay.
   void (*few_rows_gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                         const float* b_panels, int64_t panel, float* c, int64_t ldc,
                         bool accumulate);
+
+  template <typename T>
+  void transpose(const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
+                 int64_t ld_dst) const {
+    if constexpr (std::is_same_v<T, float>) {
+      transpose_f32(src, ld_src, rows, cols, dst, ld_dst);
+    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      transpose_bf16(src, ld_src, rows, cols, dst, ld_dst);
+    } else {
+      transpose_f16(src, ld_src, rows, cols, dst, ld_dst);
+    }
+  }
 
   // The passes for products of storage type scalar_t.
   template <typename scalar_t>

@@ -4,6 +4,7 @@
 #include "brgemm_pairs.h"
 #include "executor.h"
 #include "native.h"
+#include "profile.h"
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -35,9 +36,13 @@ void raw_brgemm(int64_t m, int64_t n, int64_t k, const at::Tensor& a, const at::
 // (gemm_tn_parallel: A given as (k, m)), "brgemm" (brgemm_pairs itself, with k
 // as given and B in pairs: one panel wide at most). C is in the products'
 // math type. Without `scoped`, the product leaves ATen's tile state as it
-// is, as a library that never releases it would.
+// is, as a library that never releases it would. The product runs `repeat`
+// times on the same operands (C, when given, gains A B each time): the
+// difference of two repeat counts times the product alone, without B's
+// layout (benchmarks/phases.py).
 at::Tensor product(const at::Tensor& a, const at::Tensor& b, const std::string& kind,
-                   const std::optional<at::Tensor>& c_in, bool scoped) {
+                   const std::optional<at::Tensor>& c_in, bool scoped, int64_t repeat) {
+  TORCH_CHECK(repeat >= 1, "_cpu_product: repeat must be positive, got ", repeat);
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.scalar_type() == b.scalar_type() &&
                   a.device().is_cpu() && b.device().is_cpu(),
               "_cpu_product: two CPU matrices of one dtype");
@@ -57,21 +62,24 @@ at::Tensor product(const at::Tensor& a, const at::Tensor& b, const std::string& 
     c = accumulate ? c_in->to(math, false, true, at::MemoryFormat::Contiguous)
                    : at::empty({m, n}, A.options().dtype(math));
     TORCH_CHECK(c.sizes() == at::IntArrayRef({m, n}), "_cpu_product: C is not (m, n)");
-    if (kind == "weight") {
-      ex.weight_gemm(m, n, k, ptr<scalar_t>(A), m, ptr<scalar_t>(B), n, ptr<math_t>(c), n,
+    if (kind == "brgemm") {
+      TORCH_CHECK(repeat == 1, "_cpu_product: brgemm runs once");
+      return raw_brgemm<scalar_t>(m, n, k, A, B, c, accumulate);
+    }
+    TORCH_CHECK(kind == "weight" || kind == "step" || kind == "sequence",
+                "_cpu_product: unknown kind ", kind);
+    const at::Tensor laid = tn ? B : ex.weights(B, lstm_ext::Gates::none);
+    const scalar_t* b_ptr = ptr<scalar_t>(laid);
+    math_t* c_ptr = ptr<math_t>(c);
+    for (int64_t i = 0; i < repeat; ++i) {
+      if (tn) {
+        ex.weight_gemm(m, n, k, ptr<scalar_t>(A), m, b_ptr, n, c_ptr, n, accumulate);
+      } else if (kind == "step") {
+        ex.step_gemm(m, n, k, ptr<scalar_t>(A), k, ex.column(b_ptr, k, 0), n, c_ptr, n,
                      accumulate);
-    } else if (kind == "step" || kind == "sequence") {
-      const at::Tensor laid = ex.weights(B, lstm_ext::Gates::none);
-      if (kind == "step") {
-        ex.step_gemm(m, n, k, ptr<scalar_t>(A), k, ex.column(ptr<scalar_t>(laid), k, 0), n,
-                     ptr<math_t>(c), n, accumulate);
       } else {
-        ex.sequence_gemm(m, n, k, ptr<scalar_t>(A), k, ptr<scalar_t>(laid), ptr<math_t>(c), n,
-                         accumulate);
+        ex.sequence_gemm(m, n, k, ptr<scalar_t>(A), k, b_ptr, c_ptr, n, accumulate);
       }
-    } else {
-      TORCH_CHECK(kind == "brgemm", "_cpu_product: unknown kind ", kind);
-      raw_brgemm<scalar_t>(m, n, k, A, B, c, accumulate);
     }
   });
   return c;
@@ -92,6 +100,24 @@ TORCH_LIBRARY_FRAGMENT(lstm_ext, m) {
   // Whether oneDNN's brgemm for dtype takes B in pairs here (native.h).
   m.def("_cpu_pairs_kernel(ScalarType dtype) -> bool",
         [](c10::ScalarType dtype) { return lstm_ext::cpu::pairs_kernel(dtype); });
-  m.def("_cpu_product(Tensor a, Tensor b, str kind, Tensor? c=None, bool scoped=True) -> Tensor",
-        &product);
+  m.def(
+      "_cpu_product(Tensor a, Tensor b, str kind, Tensor? c=None, bool scoped=True, "
+      "int repeat=1) -> Tensor",
+      &product);
+  // Turns the profile of profile.h on or off; returns the kinds of work and,
+  // per kind, the nanoseconds, calls and flops counted since the last call.
+  m.def("_cpu_profile(bool on) -> (str[], Tensor)", [](bool on) {
+    using lstm_ext::cpu::Work;
+    auto& p = lstm_ext::cpu::profile();
+    p.on.store(on);
+    const int kinds = static_cast<int>(Work::count);
+    at::Tensor counts = at::empty({kinds, 3}, at::kLong);
+    for (int w = 0; w < kinds; ++w) {
+      counts[w][0] = p.ns[w].exchange(0);
+      counts[w][1] = p.calls[w].exchange(0);
+      counts[w][2] = p.flops[w].exchange(0);
+    }
+    const auto& names = lstm_ext::cpu::kWorkNames;
+    return std::make_tuple(std::vector<std::string>(names.begin(), names.end()), counts);
+  });
 }

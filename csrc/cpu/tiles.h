@@ -7,6 +7,7 @@
 #include "gemm.h"
 #include "kernels.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
@@ -75,20 +76,30 @@ void panel_tiles(int64_t begin, int64_t end, int64_t m, int64_t n, int64_t k, co
   }
 }
 
+// Calls fn(j, width) for every column panel of a (k, n) matrix, the panels
+// shared between the threads when the matrix is worth it (laying a weight out
+// is bound by memory: both threads' bandwidth, and their page faults, count).
+template <typename Fn>
+void for_each_panel(int64_t n, int64_t bytes, const Fn& fn) {
+  const int64_t panels = ceil_div(n, kPanel);
+  at::parallel_for(0, panels, grain(0, panels, bytes), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) fn(p * kPanel, std::min(kPanel, n - p * kPanel));
+  });
+}
+
 // The column panels (kPanel wide, each `depth` 32-bit words deep) of a (depth,
 // n) matrix whose column c is row source(c) of `from` (row stride depth): the
 // runs of columns from consecutive rows, transposed 16 x 16.
 template <typename Source>
 void transposed_panels(const float* from, int64_t depth, int64_t n, const Source& source,
                        float* dst) {
-  for (int64_t j = 0; j < n; j += kPanel) {
-    const int64_t width = std::min(kPanel, n - j);
+  for_each_panel(n, depth * n * 4, [&](int64_t j, int64_t width) {
     float* panel = dst + depth * j;
     for (int64_t c = j, run = 1; c < j + width; c += run, run = 1) {
       while (c + run < j + width && source(c + run) == source(c) + run) ++run;
       kernels().transpose(from + source(c) * depth, depth, run, depth, panel + (c - j), width);
     }
-  }
+  });
 }
 
 }  // namespace lstm_ext::cpu

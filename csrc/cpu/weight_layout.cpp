@@ -7,6 +7,7 @@
 #include "tiles.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
@@ -50,32 +51,37 @@ at::Tensor weight_layout(const at::Tensor& b, Gates gates, int64_t group) {
     return panels;
   }
   // The panel of columns [j, j + width) starts at k * j.
-  for (int64_t j = 0; j < n; j += kPanel) {
-    const int64_t width = std::min(kPanel, n - j);
+  for_each_panel(n, k * n * 4, [&](int64_t j, int64_t width) {
     float* panel = dst + k * j;
     for (int64_t p = 0; p < k; ++p) {
       const float* row = from + (gate_rows ? order[p] : p) * n;
       float* out = panel + p * width;
-      for (int64_t c = j; c < j + width; ++c) out[c - j] = row[column(c)];
+      if (!gate_columns) {
+        std::copy_n(row + j, width, out);
+      } else {
+        for (int64_t c = j; c < j + width; ++c) out[c - j] = row[order[c]];
+      }
     }
-  }
+  });
   return panels;
 }
 
 namespace {
 
-// Moves the element of each position p of `order.size()` blocks of `width`
-// values at t (block stride `width`) to position order[p], cycle by cycle.
+// Moves values [c0, c1) of each of `order.size()` blocks (block stride
+// `stride`) at t from block p to block order[p], cycle by cycle.
 template <typename T>
-void permute_blocks(T* t, const std::vector<int64_t>& order, int64_t width) {
+void permute_blocks(T* t, const std::vector<int64_t>& order, int64_t stride, int64_t c0,
+                    int64_t c1) {
+  const int64_t width = c1 - c0;
   std::vector<bool> done(order.size());
   std::vector<T> carry(width), next(width);
   for (size_t start = 0; start < order.size(); ++start) {
     if (done[start]) continue;
-    std::copy_n(t + start * width, width, carry.begin());
+    std::copy_n(t + start * stride + c0, width, carry.begin());
     for (size_t p = start; !done[p]; p = order[p]) {
       done[p] = true;
-      T* to = t + order[p] * width;
+      T* to = t + order[p] * stride + c0;
       std::copy_n(to, width, next.begin());
       std::copy_n(carry.begin(), width, to);
       std::swap(carry, next);
@@ -91,9 +97,13 @@ void to_pytorch_gate_order(at::Tensor& t, int64_t dim, int64_t group) {
   const std::vector<int64_t> order = gate_order(hidden, group);
   const int64_t outer = t.numel() / (t.size(dim) * t.stride(dim)), width = t.stride(dim);
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "to_pytorch_gate_order", [&] {
-    for (int64_t o = 0; o < outer; ++o) {
-      permute_blocks(t.data_ptr<scalar_t>() + o * t.size(dim) * width, order, width);
-    }
+    scalar_t* data = t.data_ptr<scalar_t>();
+    // Each thread moves its own columns of every block.
+    at::parallel_for(0, width, grain(0, width, t.nbytes()), [&](int64_t c0, int64_t c1) {
+      for (int64_t o = 0; o < outer; ++o) {
+        permute_blocks(data + o * t.size(dim) * width, order, width, c0, c1);
+      }
+    });
   });
 }
 
