@@ -157,6 +157,39 @@ def rows_of(mode: str, wall: float, counts: dict, alone: dict, threads: int) -> 
     return out
 
 
+def summary(name: str, result: dict, theirs: dict, threads: int) -> list[str]:
+    """One markdown row per mode: each side's total, and ours cut into its
+    products (with their GF/s over all threads), cell passes, waiting in the
+    loop, layout and the rest."""
+    rows = []
+    for mode, parts in (("inference", ["inference"]),
+                        ("training", ["training forward", "training backward"])):
+        wall = products = flops = cells = waiting = layout = 0.0
+        for part in parts:
+            total, counts = result[part]
+            ms = {k: v[0] for k, v in counts.items()}
+            in_loop = (ms["step_gemm"] + ms["cell_forward"] + ms["cell_backward"]) / threads
+            wall += total
+            products += ms["sequence_gemm"] + ms["step_gemm"] / threads + ms["weight_gemm"]
+            flops += sum(counts[k][2] for k in ("sequence_gemm", "step_gemm", "weight_gemm"))
+            cells += (ms["cell_forward"] + ms["cell_backward"]) / threads
+            waiting += ms["time_loop"] - in_loop
+            layout += ms["layout"]
+        rest = wall - products - cells - waiting - layout
+        their_wall, prims = theirs[mode]
+        gflops = flops / products / 1e6
+        rows.append(f"| {name} | {mode} | {wall:.1f} | {products:.1f} ({gflops:.0f}) "
+                    f"| {cells:.1f} | {waiting:.1f} | {layout:.1f} | {rest:.1f} "
+                    f"| {their_wall:.1f} ({prims.get('RNN primitive', 0):.1f}) "
+                    f"| {their_wall / wall:.2f}x |")
+    return rows
+
+
+SUMMARY = ("| config | mode | lstm_ext ms | products ms (GF/s) | cell passes | waiting | layout "
+           "| rest | nn.LSTM ms (its RNN primitive) | nn.LSTM / lstm_ext |\n"
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
 def onednn(config: configs.Config, dtype, threads: int) -> dict:
     """nn.LSTM's primitive times per call, from a child process."""
     env = dict(os.environ, ONEDNN_VERBOSE="profile_exec")
@@ -233,6 +266,7 @@ def main() -> None:
         return onednn_child(args.onednn_child)
     dtype = DTYPES[args.dtype]
     print(f"{bench.cpu_name()}, {args.dtype}, {args.threads} threads, torch {torch.__version__}")
+    lines = []
     for config in args.config or LARGE:
         result = ours(config, dtype, args.threads)
         theirs = onednn(config, dtype, args.threads)
@@ -249,6 +283,9 @@ def main() -> None:
                 print(f"| {name} | {fmt(ms)} | | |")
             print(f"| rest: Python, ATen | {fmt(wall - sum(prims.values()))} | | |")
             print(f"| total | {fmt(wall)} | | |")
+        lines += summary(config.name, result, theirs, args.threads)
+    print(f"\n### Summary (ms per call)\n\n{SUMMARY}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -168,8 +168,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const Rows<const math_t> c0_rows(to_math<Ex>(c0));
   // A block's rows start as their input projection; each step adds h W_hh^T,
   // and its cell pass adds the bias and writes the activations to `activated`.
-  const int64_t block_rows = save && !reduced ? d.rows : std::max(kWorkspace / G, d.batch);
-  const Rows<math_t> gates(at::empty({std::min(block_rows, d.rows), G}, math_opts));
+  const int64_t block = save && !reduced ? d.rows : block_rows(G, d.batch);
+  const Rows<math_t> gates(at::empty({std::min(block, d.rows), G}, math_opts));
   // The activated gates kept for backward (when not reduced: gates itself).
   const Rows<scalar_t> activated(!save     ? Tensor()
                                  : reduced ? at::empty({d.rows, G}, opts)
@@ -186,7 +186,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const math_t* bias_p = ptr<const math_t>(w.bias);
 
   const int64_t flops_per_row = 2 * G * P + (h_raw ? 2 * H * P : 0);
-  for_each_block(steps, block_rows, false, [&](const Block& blk) {
+  for_each_block(steps, block, false, [&](const Block& blk) {
     ex.sequence_gemm(blk.rows, G, d.input, x_rows.at(blk.row0), d.input,
                      ptr<const scalar_t>(w.ih), gates.data, G, false);
     const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
@@ -257,8 +257,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const Rows<const math_t> cells_rows(cells);
   // The steps go in blocks, in the workspaces below; each block's share of
   // the input, weight and bias gradients is taken before the next.
-  const int64_t block_rows = std::max(kWorkspace / G, d.batch);
-  const int64_t workspace_rows = std::min(block_rows, d.rows);
+  const int64_t block = block_rows(G, d.batch);
+  const int64_t workspace_rows = std::min(block, d.rows);
   // The gate gradients and, with a projection, the total dL/dy and h_t before
   // it, per row of a block, are operands of products (scalar_t); dL/dh_t
   // before the projection, per sequence, is a product's result.
@@ -292,7 +292,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   };
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
-  for_each_block(steps, block_rows, true, [&](const Block& blk) {
+  for_each_block(steps, block, true, [&](const Block& blk) {
     // With a projection, first dL/dy_t in total: dy and what the step
     // processed before (later in time) sends back through h_t.
     const auto total_dy = [&](const StepRows& r, int64_t p0, int64_t p1) {

@@ -42,8 +42,18 @@ namespace lstm_ext {
 
 // Where the rows of every step need not be kept at once, a pass keeps a block
 // of steps' rows of its widest per-row buffer (4H gates for the LSTM) in a
-// workspace of about this many elements (8 MB in float32).
-constexpr int64_t kWorkspace = int64_t(1) << 21;
+// workspace of about kWorkspace elements (2 MB in float32), but of at least
+// kBlockRows rows, so that the products over a block (the weight gradients'
+// sums over its rows) stay long, and at least one step. 2 MB rather than the
+// 8 MB it was: the same speed (benchmarks/README.md, large batches), and
+// below nn.LSTM's peak memory without grad.
+constexpr int64_t kWorkspace = int64_t(1) << 19;
+constexpr int64_t kBlockRows = 512;
+
+// The rows of a block of steps whose widest per-row buffer is `width` wide.
+inline int64_t block_rows(int64_t width, int64_t batch) {
+  return std::max({kWorkspace / width, kBlockRows, batch});
+}
 
 // A per-row buffer (a (rows, width) tensor, or undefined) with its data typed
 // once: at(r) is row r.
