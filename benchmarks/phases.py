@@ -112,13 +112,19 @@ def ours(config: configs.Config, dtype, threads: int) -> dict:
         backward.append(profiled(lambda: out.backward(dy))[1:])
     per_thread = -(-config.B // threads)
     G, P = 4 * config.H, config.H
-    block = min(config.T * config.B, max((1 << 21) // G, config.B))
+    # A block of steps as step_engine.h's block_rows makes it: 2 MB of gates,
+    # at least 512 rows and one step.
+    block = min(config.T * config.B, max((1 << 19) // G, 512, config.B))
+    # The products' own type: bfloat16 where it runs natively, else the
+    # float32 of the upcast path.
+    native = dtype == torch.float32 or torch.ops.lstm_ext.cpu_native(dtype)
+    operands = dtype if native else torch.float32
     # The step products alone as the split by sequences runs them (the large
     # batches' split): a thread's rows by all of W_hh.
     alone = {
-        "step_gemm": standalone_gflops("step", per_thread, G, P, dtype, 1),
-        "sequence_gemm": standalone_gflops("sequence", block, G, config.I, dtype, threads),
-        "weight_gemm": standalone_gflops("weight", G, config.I, block, dtype, threads),
+        "step_gemm": standalone_gflops("step", per_thread, G, P, operands, 1),
+        "sequence_gemm": standalone_gflops("sequence", block, G, config.I, operands, threads),
+        "weight_gemm": standalone_gflops("weight", G, config.I, block, operands, threads),
     }
     torch.set_num_threads(threads)
     return {"inference": mean(inference), "training forward": mean(forward),
@@ -127,7 +133,8 @@ def ours(config: configs.Config, dtype, threads: int) -> dict:
 
 def rows_of(mode: str, wall: float, counts: dict, alone: dict, threads: int) -> list[tuple]:
     """(phase, ms, GF/s, GF/s alone) rows of one mode; in-loop phases in
-    thread time divided by the threads."""
+    thread time divided by the threads (a loop too small to wake the other
+    threads runs on one: its waiting then reads high)."""
     def ms(kind):
         return counts.get(kind, (0.0, 0, 0))[0]
 

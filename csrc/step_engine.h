@@ -43,8 +43,9 @@ namespace lstm_ext {
 // Where the rows of every step need not be kept at once, a pass keeps a block
 // of steps' rows of its widest per-row buffer (4H gates for the LSTM) in a
 // workspace of about kWorkspace elements (2 MB in float32), but of at least
-// kBlockRows rows, so that the products over a block (the weight gradients'
-// sums over its rows) stay long, and at least one step. 2 MB rather than the
+// kBlockRows rows (8 MB of float32 gates at H = 1024), so that the products
+// over a block (the weight gradients' sums over its rows) stay long, and at
+// least one step. 2 MB rather than the
 // 8 MB it was: the same speed (benchmarks/README.md, large batches), and
 // below nn.LSTM's peak memory without grad.
 constexpr int64_t kWorkspace = int64_t(1) << 19;

@@ -3,7 +3,8 @@ each, forced with ATEN_CPU_CAPABILITY in a fresh process, is the level chosen
 and matches nn.LSTM (outputs, final states, every gradient, tangents), float32
 and float64; where bfloat16 runs natively, its cell passes (the polynomial
 exp of cell.h's RoundedActivations) stay within bfloat16's rounding of
-float64 and carry NaN and infinities as float64 does."""
+float64, forward and backward, and carry NaN and infinities forward as
+float64 does."""
 
 import os
 import pathlib
@@ -50,6 +51,16 @@ if torch.ops.lstm_ext.cpu_native(torch.bfloat16):
     for a, b in zip(torch.utils._pytree.tree_leaves(rounded),
                     torch.utils._pytree.tree_leaves(exact)):
         torch.testing.assert_close(a.double(), b, rtol=0.05, atol=0.05, equal_nan=True)
+    # The backward's cell pass (tanh of c) on finite inputs, saturated rows included.
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).requires_grad_()
+    x16 = x.detach().bfloat16().requires_grad_()
+    model16 = copy.deepcopy(model).bfloat16()
+    dy = torch.randn(9, 5, 40, dtype=torch.float64)
+    model(x)[0].backward(dy)
+    model16(x16)[0].backward(dy.bfloat16())
+    torch.testing.assert_close(x16.grad.double(), x.grad, rtol=0.05, atol=0.05)
+    for p16, p in zip(model16.parameters(), model.parameters()):
+        torch.testing.assert_close(p16.grad.double(), p.grad, rtol=0.05, atol=0.05)
 print("ok", level)
 """
 

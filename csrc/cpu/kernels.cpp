@@ -170,8 +170,8 @@ struct Cells {
   static constexpr CellKernels<math_t, scalar_t> table{&forward, &backward, &tangent, &add};
 };
 
-// Blocks that fill registers: 16 x 16 floats, 32 x 32 16-bit values (AVX2 and
-// AVX-512 transpose both sizes in registers; at the default level, a loop).
+// Blocks that fill registers: 16 x 16 floats, 32 x 32 16-bit values (AVX-512
+// transposes both in registers, AVX2 floats only; the rest is at::vec's loop).
 template <typename T>
 void transpose(const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
                int64_t ld_dst) {
