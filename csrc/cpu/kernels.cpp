@@ -172,19 +172,24 @@ struct Cells {
 
 // Blocks that fill registers: 16 x 16 floats, 32 x 32 16-bit values (AVX-512
 // transposes both in registers, AVX2 floats only; the rest is at::vec's loop).
+// Partial blocks go in pieces of at most 16 x 16: ATen's masked 16-bit
+// transpose computes 1 << M in an int, which overflows for M = 31.
 template <typename T>
 void transpose(const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
                int64_t ld_dst) {
-  constexpr int64_t B = sizeof(T) == 4 ? 16 : 32;
+  constexpr int64_t B = sizeof(T) == 4 ? 16 : 32, piece = 16;
   for (int64_t r = 0; r < rows; r += B) {
     for (int64_t c = 0; c < cols; c += B) {
-      const T* s = src + r * ld_src + c;
-      T* d = dst + c * ld_dst + r;
       if (r + B <= rows && c + B <= cols) {
-        at::vec::transpose_mxn<T, B, B>(s, ld_src, d, ld_dst);
-      } else {
-        at::vec::transpose_mxn<T>(s, ld_src, d, ld_dst, std::min(B, rows - r),
-                                  std::min(B, cols - c));
+        at::vec::transpose_mxn<T, B, B>(src + r * ld_src + c, ld_src, dst + c * ld_dst + r,
+                                        ld_dst);
+        continue;
+      }
+      for (int64_t i = r; i < std::min(r + B, rows); i += piece) {
+        for (int64_t j = c; j < std::min(c + B, cols); j += piece) {
+          at::vec::transpose_mxn<T>(src + i * ld_src + j, ld_src, dst + j * ld_dst + i, ld_dst,
+                                    std::min(piece, rows - i), std::min(piece, cols - j));
+        }
       }
     }
   }
