@@ -30,13 +30,6 @@ void dgemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const 
   dgemm_(&no, &ta, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
 }
 
-// Rows [i, i + rows) of A^T's k rows [0, depth) (A: (depth, m), row stride
-// lda, from its row 0) into `slice`, row stride kSliceDepth.
-template <typename T>
-void transpose_slice(const T* a, int64_t lda, int64_t depth, int64_t rows, T* slice) {
-  kernels().transpose(a, lda, depth, rows, slice, kSliceDepth);
-}
-
 // float's C[m,n] (+)= A[k,m]^T B[k,n] where n < m: transposing the narrower
 // operand costs less (the gates are 4H wide, the inputs and states often H).
 // B^T once (n x k, which a block of rows bounds), then C^T = B^T A a band of
@@ -128,7 +121,8 @@ void gemm_tn_parallel(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, 
       const int64_t i = band * kTileRows, rows = std::min(kTileRows, m - i);
       for (int64_t p = 0; p < k; p += kSliceDepth) {
         const int64_t depth = std::min(kSliceDepth, k - p);
-        transpose_slice(a + p * lda + i, lda, depth, rows, slice.data());
+        // Columns [i, i + rows) of A's rows [p, p + depth), transposed: rows of the slice.
+        kernels().transpose(a + p * lda + i, lda, depth, rows, slice.data(), kSliceDepth);
         for (int64_t j = 0; j < n; j += 256) {
           tile_product(rows, std::min<int64_t>(256, n - j), depth, slice.data(), kSliceDepth,
                        b + p * ldb + column_width * j, ldb, c + i * ldc + j, ldc,
