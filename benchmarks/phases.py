@@ -4,9 +4,11 @@ lstm_ext's phases come from the CPU executor's own clock (csrc/cpu/profile.h,
 read through the test op _cpu_profile): the weights' layout, the whole-block
 products (input projection; the input gradient), the time loop's wall time
 and, inside it, the thread time of the step products and the cell passes,
-the weight gradients, and the rest of the call (Python, allocations, the
-bias gradient, final states). Each product phase gets its GF/s (per thread
-inside the loop) next to the same product alone on the same shapes
+the weight gradients, the rest of the kernels' time (allocations, the bias
+gradient, final states), and the time outside them (Python, autograd,
+dispatch: the wall time less the innermost lstm_ext ops' in
+torch.profiler's record of the same call). Each product phase gets its GF/s
+(per thread inside the loop) next to the same product alone on the same shapes
 (_cpu_product with repeats, operands hot), what brgemm reaches without the
 loop around it. nn.LSTM's phases are oneDNN's primitive times
 (ONEDNN_VERBOSE=profile_exec, in a child process): the RNN primitive (its
@@ -53,12 +55,26 @@ def profile(on: bool) -> dict[str, tuple[float, int, int]]:
 
 
 def profiled(fn):
-    """fn() with the profile on: its result, wall ms and counts."""
+    """fn() with the profile on: its result, wall ms and counts, with the ms
+    spent in lstm_ext's kernels as the kind "kernels": the innermost
+    lstm_ext:: ops of torch.profiler's events (the outer ones are the
+    autograd kernels above them), recorded in the same call (a few
+    microseconds per op recorded)."""
     profile(True)
-    start = time.perf_counter()
-    result = fn()
-    wall = (time.perf_counter() - start) * 1e3
-    return result, wall, profile(False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        result = fn()
+        wall = (time.perf_counter() - start) * 1e3
+    counts = profile(False)
+    ops = [e for e in prof.events() if e.name.startswith("lstm_ext::")]
+    outer = set()
+    for e in ops:
+        parent = e.cpu_parent
+        while parent is not None:
+            outer.add(id(parent))
+            parent = parent.cpu_parent
+    kernels = sum(e.cpu_time_total for e in ops if id(e) not in outer) / 1e3
+    return result, wall, dict(counts, kernels=(kernels, 0, 0))
 
 
 def mean(calls: list[tuple[float, dict]]) -> tuple[float, dict]:
@@ -101,7 +117,7 @@ def ours(config: configs.Config, dtype, threads: int) -> dict:
     def infer():
         with torch.no_grad():
             model(x)
-    infer()
+    profiled(infer)
     inference = [profiled(infer)[1:] for _ in range(CALLS)]
     model.train()
     model(x)[0].backward(dy)
@@ -159,7 +175,10 @@ def rows_of(mode: str, wall: float, counts: dict, alone: dict, threads: int) -> 
         out.append(("weight gradients", ms("weight_gemm"), gf("weight_gemm", ms("weight_gemm")),
                     alone["weight_gemm"]))
     accounted = ms("layout") + ms("sequence_gemm") + loop + ms("weight_gemm")
-    out.append(("rest: Python, allocation, bias, copies", wall - accounted, None, None))
+    out.append(("rest of the kernels: allocation, bias, copies", ms("kernels") - accounted,
+                None, None))
+    out.append(("outside the kernels: Python, autograd (grad accumulation), dispatch", wall - ms("kernels"),
+                None, None))
     out.append(("total", wall, None, None))
     return out
 
@@ -167,11 +186,11 @@ def rows_of(mode: str, wall: float, counts: dict, alone: dict, threads: int) -> 
 def summary(name: str, result: dict, theirs: dict, threads: int) -> list[str]:
     """One markdown row per mode: each side's total, and ours cut into its
     products (with their GF/s over all threads), cell passes, waiting in the
-    loop, layout and the rest."""
+    loop, layout, the rest of the kernels, and Python (all outside them)."""
     rows = []
     for mode, parts in (("inference", ["inference"]),
                         ("training", ["training forward", "training backward"])):
-        wall = products = flops = cells = waiting = layout = 0.0
+        wall = products = flops = cells = waiting = layout = kernels = 0.0
         for part in parts:
             total, counts = result[part]
             ms = {k: v[0] for k, v in counts.items()}
@@ -182,19 +201,21 @@ def summary(name: str, result: dict, theirs: dict, threads: int) -> list[str]:
             cells += (ms["cell_forward"] + ms["cell_backward"]) / threads
             waiting += ms["time_loop"] - in_loop
             layout += ms["layout"]
-        rest = wall - products - cells - waiting - layout
+            kernels += ms["kernels"]
+        rest = kernels - products - cells - waiting - layout
         their_wall, prims = theirs[mode]
         gflops = flops / products / 1e6
         rows.append(f"| {name} | {mode} | {wall:.1f} | {products:.1f} ({gflops:.0f}) "
                     f"| {cells:.1f} | {waiting:.1f} | {layout:.1f} | {rest:.1f} "
+                    f"| {wall - kernels:.1f} "
                     f"| {their_wall:.1f} ({prims.get('RNN primitive', 0):.1f}) "
                     f"| {their_wall / wall:.2f}x |")
     return rows
 
 
 SUMMARY = ("| config | mode | lstm_ext ms | products ms (GF/s) | cell passes | waiting | layout "
-           "| rest | nn.LSTM ms (its RNN primitive) | nn.LSTM / lstm_ext |\n"
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+           "| rest of kernels | Python | nn.LSTM ms (its RNN primitive) | nn.LSTM / lstm_ext |\n"
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def onednn(config: configs.Config, dtype, threads: int) -> dict:

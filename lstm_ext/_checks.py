@@ -6,6 +6,7 @@ how the weights list is read: per layer and direction, in nn.LSTM's order."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,15 @@ def weights_per_group(weights: Sequence[Tensor], groups: int, bias: bool) -> int
             f"{groups} layers and directions, got {len(weights)} weights"
         )
     return per_group
+
+
+def probability(name: str, p) -> float:
+    """p as a probability of zeroing, in [0, 1) (1 would scale by 1 / 0); ValueError
+    otherwise, as nn.LSTM raises for its dropout."""
+    if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p < 1:
+        raise ValueError(f"{name} should be a number in range [0, 1) representing the "
+                         f"probability of an element being zeroed, got {p!r}")
+    return float(p)
 
 
 def unpack_group(group: Sequence[Tensor], bias: bool):

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _onnx, _ops
-from ._checks import check_lstm_args, unpack_group, weights_per_group
+from ._checks import check_lstm_args, probability, unpack_group, weights_per_group
 from ._layouts import KeptLayouts, eager_inference
 
 
@@ -81,6 +81,7 @@ def lstm(
     training: bool = True,
     batch_sizes: Tensor | None = None,
     kept_layouts: KeptLayouts | None = None,
+    weight_drop: float = 0.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A whole multi-layer LSTM, as ``torch.nn.LSTM`` computes it, on weights you hold.
 
@@ -103,6 +104,10 @@ def lstm(
         kept_layouts: where no derivative can be asked for, the weights' layouts
             are taken from (and kept in) it instead of made afresh by every
             layer: lstm_ext.LSTM's, kept between its calls.
+        weight_drop: when ``training``, every ``w_hh`` becomes
+            ``w_hh * M / (1 - weight_drop)``, one Bernoulli(1 - weight_drop) mask
+            M per layer and direction drawn for this call (``lstm_layer``
+            takes such a weight as it is: that is its explicit form).
 
     Returns:
         ``(output, (h_n, c_n))``: output ``(T, B, D * P)`` (``(B, T, D * P)`` with
@@ -120,6 +125,11 @@ def lstm(
     per_group = weights_per_group(weights, groups, bias)
     packed = batch_sizes is not None
     check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
+    if probability("weight_drop", weight_drop) > 0 and training:
+        weights = _drop_recurrent_weights(weights, per_group, weight_drop)
+        if kept_layouts is not None:
+            kept_layouts.clear()  # weights made for this call alone
+            kept_layouts = None
     if torch.onnx.is_in_onnx_export():
         return _onnx.lstm(input, hx, weights, bias=bias, num_layers=num_layers,
                           bidirectional=bidirectional, batch_first=batch_first, dropout=dropout,
@@ -162,6 +172,15 @@ def lstm(
         if batch_first:
             x = x.transpose(0, 1)
     return x, (h_n, c_n)
+
+
+def _drop_recurrent_weights(weights: Sequence[Tensor], per_group: int, p: float) -> list[Tensor]:
+    """The weights with each w_hh (the second of a group) dropped out, in
+    order of layers and directions: W_hh * M / (1 - p), as F.dropout draws it."""
+    weights = list(weights)
+    for k in range(1, len(weights), per_group):
+        weights[k] = torch.nn.functional.dropout(weights[k], p, training=True)
+    return weights
 
 
 def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, directions,

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
+from ._checks import probability
 from ._layouts import KeptLayouts
 
 
@@ -24,7 +25,20 @@ class LSTM(nn.LSTM):
     about the weights' size again (twice it for bfloat16/float16 that run
     upcast), reported by ``layout_cache_bytes()``. ``flatten_parameters()``
     drops it; so do ``.to()`` and the other conversions.
+
+    Beyond nn.LSTM, keyword-only (the default is nn.LSTM exactly):
+
+    - ``weight_drop=p`` (DropConnect on the recurrent weights, as AWD-LSTM
+      has it): in training, each layer and direction multiplies
+      ``W_hh ⊙ M / (1 - p)`` instead of ``W_hh``, with one Bernoulli(1 - p)
+      mask M over W_hh's elements drawn from torch's generator per forward
+      call, shared by every step and sequence. In eval, ``W_hh``. The
+      parameter stays ``weight_hh_l{k}``; its gradient is zero where M is.
     """
+
+    def __init__(self, *args, weight_drop: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_drop = probability("weight_drop", weight_drop)
 
     def flatten_parameters(self) -> None:
         self.__dict__["_kept_layouts"] = KeptLayouts()
@@ -41,6 +55,10 @@ class LSTM(nn.LSTM):
                 return True
         return False
 
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text + f", weight_drop={self.weight_drop}" if self.weight_drop else text
+
     def layout_cache_bytes(self) -> int:
         """Bytes of the weights' layouts the module keeps between inference calls."""
         return self._kept_layouts.nbytes()
@@ -53,6 +71,7 @@ class LSTM(nn.LSTM):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__["_kept_layouts"] = KeptLayouts()
+        self.__dict__.setdefault("weight_drop", 0.0)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -105,6 +124,7 @@ class LSTM(nn.LSTM):
             training=self.training,
             batch_sizes=batch_sizes,
             kept_layouts=self._kept_layouts,
+            weight_drop=self.weight_drop,
         )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -112,3 +132,4 @@ class LSTM(nn.LSTM):
             output = output.squeeze(batch_dim)
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
         return output, self.permute_hidden(hidden, unsorted_indices)
+

@@ -43,6 +43,7 @@ class ModuleCase:
     split: int = -1  # how the CPU shares a step between 2 threads: -1 as it chooses,
     # 0 by sequences, 1 by hidden units
     native: bool = True  # 16-bit: the native path where the CPU has it, else upcast
+    weight_drop: float = 0.0  # lstm_ext.LSTM's option (nn.LSTM: the masked W_hh)
 
 
 def _tensor(shape, layout, dtype, gen):
@@ -83,7 +84,7 @@ def _modules(c: ModuleCase):
     kwargs = dict(num_layers=c.layers, bias=c.bias, batch_first=c.batch_first,
                   bidirectional=c.bidirectional, proj_size=c.proj)
     ref = nn.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
-    ours = lstm_ext.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
+    ours = lstm_ext.LSTM(c.I, c.H, **kwargs, weight_drop=c.weight_drop).to(DTYPES[c.dtype])
     ours.load_state_dict(ref.state_dict())
     if DTYPES[c.dtype] in REDUCED_TOLERANCE:
         ref = InFloat64(ref)
@@ -156,6 +157,40 @@ def check_valid(c: ModuleCase) -> None:
         grads = torch.autograd.grad(loss, leaves + weight_leaves)
         with torch.no_grad():  # lstm_ext: the inference path
             inference = _run(module, params, x, hx, c.seed)[:3]
+        results.append([t.double() if reduced else t for t in (y, h_n, c_n, *grads, *inference)])
+    for i, (a, b) in enumerate(zip(*results)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
+
+
+def check_weight_drop(c: ModuleCase) -> None:
+    """Training with weight_drop equals nn.LSTM run on W_hh ⊙ M / (1 - p), with
+    M read off weight_hh's gradient (zero exactly where M is): outputs, final
+    states and every gradient; without grad (the inference path) the same
+    seed draws the same masks."""
+    torch.set_num_threads(2)
+    torch.ops.lstm_ext._cpu_split(c.split)
+    torch.ops.lstm_ext._cpu_native_off(not c.native)
+    reduced = DTYPES[c.dtype] in REDUCED_TOLERANCE
+    tol = REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
+    ref, ours = _modules(c)
+    masks, results = {}, []
+    for module in (ours, ref):
+        gen = torch.Generator().manual_seed(c.seed)
+        leaves, x, hx = _inputs(c, gen)
+        weight_leaves, params = _weights(c, module, gen)
+        for name in params:
+            if module is ref and "weight_hh" in name:
+                params[name] = params[name] * masks[name.split(".")[-1]] / (1 - c.weight_drop)
+        torch.manual_seed(c.seed)
+        y, h_n, c_n, loss = _run(module, params, x, hx, c.seed)
+        grads = torch.autograd.grad(loss, leaves + weight_leaves)
+        torch.manual_seed(c.seed)
+        with torch.no_grad():
+            inference = _run(module, params, x, hx, c.seed)[:3]
+        if module is ours:
+            for name, g in zip(params, grads[len(leaves):]):
+                if "weight_hh" in name:
+                    masks[name] = (g[..., ::2] if c.weight_views else g) != 0
         results.append([t.double() if reduced else t for t in (y, h_n, c_n, *grads, *inference)])
     for i, (a, b) in enumerate(zip(*results)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")

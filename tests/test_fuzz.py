@@ -64,7 +64,7 @@ def worker():
 
 @st.composite
 def module_cases(draw, mutation=st.just(""), split=st.just(-1),
-                 dtype=st.sampled_from(["float32", "float64"])):
+                 dtype=st.sampled_from(["float32", "float64"]), weight_drop=st.just(0.0)):
     split = draw(split)
     # Split by hidden units, a step is cut in pieces of 64 units: H > 64 for two.
     H = draw(st.integers(1, 6) if split != 1 else st.sampled_from([65, 100, 130]))
@@ -77,6 +77,7 @@ def module_cases(draw, mutation=st.just(""), split=st.just(-1),
         dtype=draw(dtype), native=draw(st.booleans()), hx=draw(st.booleans()),
         layout=draw(st.sampled_from(fc.LAYOUTS)), weight_views=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)), mutation=draw(mutation), split=split,
+        weight_drop=draw(weight_drop),
     )
 
 
@@ -85,6 +86,14 @@ def module_cases(draw, mutation=st.just(""), split=st.just(-1),
                          dtype=st.sampled_from(sorted(fc.DTYPES))))
 def test_valid_configurations_match_nn_lstm(worker, case):
     worker.run(fc.check_valid, case)
+
+
+@fuzz(60)
+@given(case=module_cases(split=st.sampled_from([-1, 0, 1]),
+                         dtype=st.sampled_from(sorted(fc.DTYPES)),
+                         weight_drop=st.sampled_from([0.25, 0.5])))
+def test_weight_drop_matches_nn_lstm_on_masked_weights(worker, case):
+    worker.run(fc.check_weight_drop, case)
 
 
 @fuzz(100)

@@ -99,6 +99,22 @@ def test_module_exports_as_the_onnx_lstm_operator(case, exporter, tmp_path):
         assert_close(run_onnx(path, names, args), ref(*args))
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_weight_drop_exports_as_its_eval_model(exporter, tmp_path):
+    """weight_drop is W_hh itself in eval, the mode models export in: the plain
+    ONNX LSTM operator, nn.LSTM's outputs."""
+    case = float_case(layers=2, bidirectional=True)
+    ref, plain = module_twins(case)
+    ours = lstm_ext.LSTM(**case.kwargs(), weight_drop=0.5)
+    ours.load_state_dict(plain.state_dict())
+    ref, ours = Model(ref).eval(), Model(ours).eval()
+    path = tmp_path / "ours.onnx"
+    names = export(ours, inputs(case, T=5, B=3), path, EXPORTERS[exporter], case.batch_first)
+    assert ("", "LSTM") in operators(path)
+    args = inputs(case, T=5, B=2)
+    assert_close(run_onnx(path, names, args), ref(*args))
+
+
 def outcome(model, args, path, dynamo: bool):
     """The outputs onnxruntime gives for the exported model, or the exception type
     of whichever step failed (export, or loading the model)."""

@@ -93,7 +93,7 @@ def test_bench_decode_rows(tmp_path):
 def test_phases_profile_adds_up(dtype, tmp_path):
     """benchmarks/phases.py on a tiny layer: a table per mode for both
     implementations (nn.LSTM's from oneDNN's verbose output), and a summary
-    whose parts are non-negative; it refuses what is not one plain layer."""
+    whose parts are non-negative, Python's a part of the total; it refuses what is not one plain layer."""
     script = str(ROOT / "benchmarks" / "phases.py")
     done = subprocess.run([sys.executable, script, "--dtype", dtype, "--threads", "1",
                            "--config", "B=3,T=5,I=8,H=16"],
@@ -108,9 +108,10 @@ def test_phases_profile_adds_up(dtype, tmp_path):
     assert [row.split("|")[2].strip() for row in rows] == ["inference", "training"]
     for row in rows:
         cells = [c.strip() for c in row.split("|")[3:-1]]
-        total, products, *parts = cells[:6]
+        total, products, *parts = cells[:7]
         assert float(total) > 0 and float(products.split()[1].strip("()")) >= 0
         assert all(float(p) >= -0.05 for p in parts[:3])  # cells, waiting, layout
+        assert 0 < float(parts[4]) <= float(total)  # Python: outside the kernels
     refused = subprocess.run([sys.executable, script, "--config", "B=3,T=5,I=8,H=16,packed"],
                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert refused.returncode != 0 and "one plain layer" in refused.stderr

@@ -1,0 +1,100 @@
+"""The LSTM variants' formulas as a plain loop of cells, one sequence and one
+step at a time, in float64: the reference lstm_ext.LSTM's options are tested
+against (tests/test_module_variants.py). It knows nothing of packing or
+batching beyond each sequence's own length, so it shares no code path with
+the fused op or with nn.LSTM's."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from module_reference import ModuleCase, ModuleProblem, Run
+
+
+def cell(x, h, c, w_ih, w_hh, b, w_hr):
+    """One step of one sequence: (h_t, c_t)."""
+    a = w_ih @ x + w_hh @ h + b
+    i, f, g, o = a.chunk(4)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return (h if w_hr is None else w_hr @ h), c
+
+
+def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dict):
+    """Output (T, B, D * P) time-major, zero past each length, and h_n, c_n
+    (L * D, B, *); x is (T, B, I) time-major. `w_hh` gives each layer and
+    direction's recurrent weight by its parameters' suffix ("_l0",
+    "_l0_reverse", ...): weight drop's W_hh ⊙ M / (1 - p), or the parameter."""
+    D = 2 if case.bidirectional else 1
+    T, B = x.shape[:2]
+    h_n, c_n = [], []
+    inputs = x
+    for layer in range(case.layers):
+        per_sequence = [[] for _ in range(B)]  # each direction's (T, P) output
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            b = params["bias_ih" + sfx] + params["bias_hh" + sfx] if case.bias else 0
+            w_hr = params.get("weight_hr" + sfx)
+            hs, cs = [], []
+            for s in range(B):
+                h, c = h0[layer * D + d, s], c0[layer * D + d, s]
+                ys = {}
+                steps = range(int(lengths[s]))
+                for t in reversed(steps) if d else steps:
+                    h, c = cell(inputs[t, s], h, c, params["weight_ih" + sfx], w_hh[sfx], b,
+                                w_hr)
+                    ys[t] = h
+                hs.append(h)
+                cs.append(c)
+                per_sequence[s].append(torch.stack(
+                    [ys[t] if t in ys else torch.zeros_like(h) for t in range(T)]))
+            h_n.append(torch.stack(hs))
+            c_n.append(torch.stack(cs))
+        inputs = torch.stack([torch.cat(ys, 1) for ys in per_sequence], 1)
+    return inputs, torch.stack(h_n), torch.stack(c_n)
+
+
+def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float) -> Run:
+    """ModuleProblem.run's results, loss and gradients from reference_lstm on
+    `module`'s parameters (copies), each W_hh times its mask (by suffix;
+    none: W_hh itself) over 1 - p."""
+    c = problem.case
+    x, h0, c0, _ = problem.inputs(torch.float64)
+    params = {name: t.detach().double().requires_grad_() for name, t in module.named_parameters()}
+    w_hh = {name[len("weight_hh"):]: w * w_hh_masks[name[len("weight_hh"):]] / (1 - p)
+            if name[len("weight_hh"):] in w_hh_masks else w
+            for name, w in params.items() if name.startswith("weight_hh")}
+    batched = c.input != "unbatched"
+    xs = x if batched else x.unsqueeze(1)
+    xs = xs.transpose(0, 1) if c.batch_first and batched else xs
+    h0s, c0s = (h0, c0) if c.hx else (torch.zeros_like(h0), torch.zeros_like(c0))
+    if not batched:
+        h0s, c0s = h0s.unsqueeze(1), c0s.unsqueeze(1)
+    lengths = problem.lengths if c.input in ("packed", "sorted") else [xs.shape[0]] * xs.shape[1]
+    y, h_n, c_n = reference_lstm(c, xs, lengths, h0s, c0s, params, w_hh)
+    if c.input in ("packed", "sorted"):
+        output = pack_padded_sequence(y, problem.lengths, enforce_sorted=c.input == "sorted")
+        y = output.data
+    elif not batched:
+        y, h_n, c_n = y.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        output = y
+    else:
+        output = y = y.transpose(0, 1) if c.batch_first else y
+    loss = sum((a * b.double()).sum() for a, b in ((y, problem.dy), (h_n, problem.dh),
+                                                    (c_n, problem.dc)))
+    leaves = {"input": x, **({"h0": h0, "c0": c0} if c.hx else {}), **params}
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return Run(output, h_n, c_n, {k: g if g is not None else torch.zeros_like(v)
+                                  for (k, v), g in zip(leaves.items(), grads)})
+
+
+def assert_close_to_reference(ours: Run, ref: Run, **tol):
+    """Values of y, h_n, c_n and every gradient (packed: both in packed order)."""
+    for name in ("y", "h_n", "c_n"):
+        torch.testing.assert_close(getattr(ours, name).double(), getattr(ref, name), **tol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert ours.grads.keys() == ref.grads.keys()
+    for name, g in ref.grads.items():
+        torch.testing.assert_close(ours.grads[name].double(), g, **tol,
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
