@@ -9,6 +9,8 @@ rounds; the table gives medians and each option's time over plain lstm_ext's
 - weight_drop: nn.LSTM with its W_hh parametrized by dropout
   (torch.nn.utils.parametrize), which is how AWD-LSTM's weight drop is
   written without its flat-weights hack.
+- recurrent_dropout: a Python loop of nn.LSTMCell, one per layer, h times a
+  mask drawn per call where it enters the cell (nn.LSTM has no place for it).
 
     python benchmarks/variants.py
     python benchmarks/variants.py --threads 1 --config "B=64,T=100,I=512,H=512"
@@ -64,6 +66,43 @@ def weight_drop_models(config: configs.Config, p: float) -> dict[str, nn.Module]
             "nn.LSTM, W_hh parametrized": theirs}
 
 
+class MaskedCellLoop(nn.Module):
+    """Recurrent dropout as users write it: nn.LSTMCell per layer, stepped in
+    Python, h ⊙ m / (1 - p) entering each step's cell."""
+
+    def __init__(self, lstm: nn.LSTM, p: float):
+        super().__init__()
+        self.loop, self.p = measure.CellLoop(lstm), p
+
+    def forward(self, x):
+        cells = self.loop.cells
+        zeros = x.new_zeros(x.shape[1], cells[0].hidden_size)
+        h, c = [zeros] * len(cells), [zeros] * len(cells)
+        masks = [nn.functional.dropout(torch.ones_like(zeros), self.p, self.training)
+                 for _ in cells]
+        out = []
+        for x_t in x:
+            for k, cell in enumerate(cells):
+                h[k], c[k] = cell(x_t, (h[k] * masks[k], c[k]))
+                x_t = h[k]
+            out.append(x_t)
+        return torch.stack(out), (torch.stack(h), torch.stack(c))
+
+
+def recurrent_dropout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    plain = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers)
+    ours = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers, recurrent_dropout=p)
+    ours.load_state_dict(plain.state_dict())
+    reference = nn.LSTM(config.I, config.H, num_layers=config.layers)
+    reference.load_state_dict(plain.state_dict())
+    return {"lstm_ext": plain, "lstm_ext recurrent_dropout": ours,
+            "LSTMCell loop, h masked": MaskedCellLoop(reference, p)}
+
+
+OPTIONS = {"weight_drop": weight_drop_models, "recurrent_dropout": recurrent_dropout_models}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,20 +116,20 @@ def main() -> None:
     print("| config | option | lstm_ext ms | with the option ms | / lstm_ext "
           "| today's way ms | today's / option |\n|---|---|---:|---:|---:|---:|---:|")
     for config in args.config or GRID:
-        models = weight_drop_models(config, args.p)
         x, _, _ = measure.inputs(config, torch.float32, "cpu")
-        fns = {name: measure.training_fn(model, x) for name, model in models.items()}
-        for fn in fns.values():
-            fn()
-        _, per_round = measure.interleaved(fns, args.min_run_time, ROUNDS, "variants",
-                                           config.name)
-        ms = {name: statistics.median(t) * 1e3 for name, t in per_round.items()}
-        plain, option, today = (per_round[n] for n in models)
-        over_plain = statistics.median(a / b for a, b in zip(option, plain))
-        over_today = statistics.median(a / b for a, b in zip(today, option))
-        names = list(models)
-        print(f"| {config.name} | weight_drop={args.p} | {ms[names[0]]:.1f} | {ms[names[1]]:.1f} "
-              f"| {over_plain:.2f}x | {ms[names[2]]:.1f} | {over_today:.2f}x |", flush=True)
+        for option, make in OPTIONS.items():
+            models = make(config, args.p)
+            fns = {name: measure.training_fn(model, x) for name, model in models.items()}
+            for fn in fns.values():
+                fn()
+            _, per_round = measure.interleaved(fns, args.min_run_time, ROUNDS, "variants",
+                                               f"{config.name} {option}")
+            ms = [statistics.median(per_round[n]) * 1e3 for n in models]
+            plain, ours, today = (per_round[n] for n in models)
+            over_plain = statistics.median(a / b for a, b in zip(ours, plain))
+            over_today = statistics.median(a / b for a, b in zip(today, ours))
+            print(f"| {config.name} | {option}={args.p} | {ms[0]:.1f} | {ms[1]:.1f} "
+                  f"| {over_plain:.2f}x | {ms[2]:.1f} | {over_today:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,25 +13,35 @@ namespace lstm_ext {
 namespace {
 
 // The rule for the op `name` (lstm_layer, or lstm_layer_inference with a kept
-// layout `rest`), returning Out.
-template <c10::DeviceType device, const char* name, typename Out, typename... Rest>
+// layout `kept`), returning Out.
+template <c10::DeviceType device, const char* name, typename Out, typename... Kept>
 Out layer_autocast(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                   const OptTensor& b_hh, const OptTensor& w_hr, bool reverse, Rest... rest) {
+                   const OptTensor& b_hh, const OptTensor& w_hr, bool reverse, Kept... kept,
+                   const OptTensor& rec_scale) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device));
   const auto dtype = at::autocast::get_lower_precision_fp_from_device_type(device);
   const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
   using Fn = Out(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                  const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool,
-                 Rest...);
+                 Kept..., const OptTensor&);
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
   return op.call(cast(x), batch_sizes, cast(h0), cast(c0), cast(w_ih), cast(w_hh), cast(b_ih),
-                 cast(b_hh), cast(w_hr), reverse, rest...);
+                 cast(b_hh), cast(w_hr), reverse, kept..., cast(rec_scale));
 }
 
 constexpr char kLayer[] = "lstm_ext::lstm_layer";
 constexpr char kInference[] = "lstm_ext::lstm_layer_inference";
+
+template <c10::DeviceType device>
+LayerOut layer_rule(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                    const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
+                    const OptTensor& rec_scale) {
+  return layer_autocast<device, kLayer, LayerOut>(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                  w_hr, reverse, rec_scale);
+}
 
 // A kept layout is of the weights as they were, not cast: the cast ones are
 // laid out afresh.
@@ -40,16 +50,18 @@ LayerOutputs inference_autocast(const Tensor& x, const Tensor& batch_sizes, cons
                                 const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                 const OptTensor& b_ih, const OptTensor& b_hh,
                                 const OptTensor& w_hr, bool reverse, const OptTensor&,
-                                const OptTensor&, const OptTensor&, const OptTensor&) {
+                                const OptTensor&, const OptTensor&, const OptTensor&,
+                                const OptTensor& rec_scale) {
   const OptTensor none;
   return layer_autocast<device, kInference, LayerOutputs, const OptTensor&, const OptTensor&,
                         const OptTensor&, const OptTensor&>(
-      x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, none, none, none, none);
+      x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, none, none, none, none,
+      rec_scale);
 }
 
 template <c10::DeviceType device>
 void register_rules(torch::Library& m) {
-  m.impl("lstm_layer", &layer_autocast<device, kLayer, LayerOut>);
+  m.impl("lstm_layer", &layer_rule<device>);
   m.impl("lstm_layer_inference", &inference_autocast<device>);
 }
 

@@ -141,6 +141,10 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batc
   }
 }
 
+void check_rec_scale(const LayerDims& d, const Tensor& x, const OptTensor& rec_scale) {
+  check_optional(rec_scale, "rec_scale", {d.batch, d.out}, x);
+}
+
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj) {
   check_optional(t.x, "dx", {d.rows, d.input}, x);
   check_optional(t.h0, "dh0", {d.batch, d.out}, x);

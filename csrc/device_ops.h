@@ -75,21 +75,23 @@ template <template <typename> class Executor>
 LayerOut checked_forward(const LayerDims& d, const Tensor& x, const Tensor& batch_sizes,
                          const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                          const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                         const OptTensor& w_hr, bool reverse, bool save, const LaidOut* kept) {
+                         const OptTensor& w_hr, const OptTensor& rec_scale, bool reverse,
+                         bool save, const LaidOut* kept) {
   const auto dtype = x.scalar_type();
   const auto upcast = [&] {
     const auto weight = [&](const Tensor& w) { return kept ? w : w.to(at::kFloat); };
     const auto optional = [&](const OptTensor& w) { return kept ? w : to_float(w); };
     auto [y, h_n, c_n, gates, cells] = checked_forward<Executor>(
         d, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat), weight(w_ih),
-        weight(w_hh), optional(b_ih), optional(b_hh), optional(w_hr), reverse, save, kept);
+        weight(w_hh), optional(b_ih), optional(b_hh), optional(w_hr), to_float(rec_scale),
+        reverse, save, kept);
     return LayerOut{y.to(dtype), h_n.to(dtype), c_n.to(dtype), to_dtype(gates, dtype), cells};
   };
   return in_dtype<Executor, true, LayerOut>(dtype, upcast, [&](auto& ex) {
     LayerOut out = layer_forward(ex, d, Steps(batch_sizes.contiguous(), reverse), x.contiguous(),
                                  h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
                                  w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
-                                 contiguous(w_hr), save, kept);
+                                 contiguous(w_hr), rec_scale, save, kept);
     // Natively, c is float inside.
     std::get<2>(out) = std::get<2>(out).to(dtype);
     return out;
@@ -102,11 +104,12 @@ template <template <typename> class Executor>
 LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
                     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                    bool reverse, bool save, const LaidOut* kept) {
+                    const OptTensor& rec_scale, bool reverse, bool save, const LaidOut* kept) {
   const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_device_and_dtype(x, device);
+  check_rec_scale(d, x, rec_scale);
   return checked_forward<Executor>(d, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                   reverse, save, kept);
+                                   rec_scale, reverse, save, kept);
 }
 
 template <template <typename> class Executor>
@@ -115,12 +118,13 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                        const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
-                       int64_t groups) {
+                       int64_t groups, const OptTensor& rec_scale) {
   const LayerDims d =
       check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   check_device_and_dtype(x, device);
   check_saved(d, x, y, gates, cells);
   check_backward_args(d, x, batch_sizes, dy, dh_n, dc_n, groups);
+  check_rec_scale(d, x, rec_scale);
   const auto dtype = x.scalar_type();
   // Natively, the gradients are float inside; upcast, float throughout.
   const auto in_dtype_of_x = [&](const LayerGrads& grads) {
@@ -131,14 +135,14 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
         device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
         h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
         to_float(w_hr), y.to(at::kFloat), gates.to(at::kFloat), cells, reverse, output_mask,
-        groups));
+        groups, to_float(rec_scale)));
   };
   return in_dtype<Executor, true, LayerGrads>(dtype, upcast, [&](auto& ex) {
     return in_dtype_of_x(layer_backward(
         ex, d, Steps(batch_sizes.contiguous(), reverse), grad_mask(output_mask, w_hr.has_value()),
         dy, dh_n, dc_n, x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), y.contiguous(), gates.contiguous(),
-        cells.contiguous(), groups));
+        cells.contiguous(), groups, rec_scale));
   });
 }
 
@@ -215,7 +219,7 @@ LayerOutputs stack_inference_op(c10::DeviceType device, const Tensor& x,
       }
       auto [y, h, c, gates, cells] =
           forward_op<Executor>(device, input, batch_sizes, h0[k], c0[k], w[0], w[1], b_ih, b_hh,
-                               w_hr, direction == 1, false, given(laid_out));
+                               w_hr, std::nullopt, direction == 1, false, given(laid_out));
       outputs.push_back(std::move(y));
       h_n.push_back(std::move(h));
       c_n.push_back(std::move(c));
@@ -234,18 +238,21 @@ template <template <typename> class Executor>
 LayerOutputs jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
                      const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                      const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
-                     const Tensor& cells, bool reverse, const Tangents& tangents) {
+                     const Tensor& cells, bool reverse, const Tangents& tangents,
+                     const OptTensor& rec_scale) {
   const LayerDims d =
       check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   check_device_and_dtype(x, device);
   check_saved(d, x, y, gates, cells);
   check_tangents(d, x, tangents, w_hr.has_value());
+  check_rec_scale(d, x, rec_scale);
   const auto dtype = x.scalar_type();
   const auto upcast = [&] {
     auto [t_y, t_h_n, t_c_n] = jvp_op<Executor>(
         device, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat),
         w_ih.to(at::kFloat), w_hh.to(at::kFloat), to_float(w_hr), y.to(at::kFloat),
-        gates.to(at::kFloat), cells, reverse, map_tangents(tangents, to_float));
+        gates.to(at::kFloat), cells, reverse, map_tangents(tangents, to_float),
+        to_float(rec_scale));
     return LayerOutputs{t_y.to(dtype), t_h_n.to(dtype), t_c_n.to(dtype)};
   };
   // Tangents always run upcast in float16/bfloat16.
@@ -253,7 +260,7 @@ LayerOutputs jvp_op(c10::DeviceType device, const Tensor& x, const Tensor& batch
     return layer_jvp(ex, d, Steps(batch_sizes.contiguous(), reverse), x.contiguous(),
                      h0.contiguous(), c0.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
                      contiguous(w_hr), y.contiguous(), gates.contiguous(), cells.contiguous(),
-                     map_tangents(tangents, contiguous));
+                     map_tangents(tangents, contiguous), rec_scale);
   });
 }
 
@@ -269,10 +276,10 @@ struct DeviceOps {
   static LayerOut forward(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                          bool reverse) {
+                          bool reverse, const OptTensor& rec_scale) {
     const Guard guard(x);
     return forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                reverse, true, nullptr);
+                                rec_scale, reverse, true, nullptr);
   }
 
   static LayerOutputs inference(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
@@ -280,13 +287,13 @@ struct DeviceOps {
                                 const OptTensor& b_ih, const OptTensor& b_hh,
                                 const OptTensor& w_hr, bool reverse, const OptTensor& kept_ih,
                                 const OptTensor& kept_hh, const OptTensor& kept_hr,
-                                const OptTensor& kept_bias) {
+                                const OptTensor& kept_bias, const OptTensor& rec_scale) {
     const Guard guard(x);
     const LaidOut kept{value_or_undefined(kept_ih), value_or_undefined(kept_hh),
                        value_or_undefined(kept_hr), value_or_undefined(kept_bias)};
     auto [y, h_n, c_n, gates, cells] =
-        forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                             false, given(kept));
+        forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                             rec_scale, reverse, false, given(kept));
     return {y, h_n, c_n};
   }
 
@@ -314,10 +321,10 @@ struct DeviceOps {
                              const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                              const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                              const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
-                             int64_t groups) {
+                             int64_t groups, const OptTensor& rec_scale) {
     const Guard guard(x);
     return backward_op<Executor>(device, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                                 w_hr, y, gates, cells, reverse, output_mask, groups);
+                                 w_hr, y, gates, cells, reverse, output_mask, groups, rec_scale);
   }
 
   static LayerOutputs jvp(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
@@ -325,10 +332,11 @@ struct DeviceOps {
                            const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                            const Tensor& cells, bool reverse, const OptTensor& dx,
                            const OptTensor& dh0, const OptTensor& dc0, const OptTensor& dw_ih,
-                           const OptTensor& dw_hh, const OptTensor& db, const OptTensor& dw_hr) {
+                           const OptTensor& dw_hh, const OptTensor& db, const OptTensor& dw_hr,
+                           const OptTensor& rec_scale) {
     const Guard guard(x);
     return jvp_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-                            reverse, Tangents{dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr});
+                            reverse, Tangents{dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr}, rec_scale);
   }
 
   // In a TORCH_LIBRARY_IMPL block for the device's dispatch key.

@@ -23,6 +23,8 @@
 //       gradients also in math_t to `dgates_wide` where math_t is not
 //       scalar_t, or null
 //   add(dst, a, b, n), dst = a + b in scalar_t
+//   scale(dst, a, s, n), dst = a * s (dst and a in scalar_t or math_t, s in
+//       math_t; dst may be a)
 //   narrow(dst, ld_dst, src, ld_src, rows, cols), src rounded to scalar_t
 //   to_pytorch_gate_order(t, dim, H)
 // Weights are laid out once per call (LaidOut), or kept by the caller between
@@ -46,7 +48,9 @@
 #include "types.h"
 
 #include <ATen/ops/add.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/ScalarType.h>
@@ -128,6 +132,43 @@ const LaidOut& kept_layout(const Ex& ex, const LaidOut& kept, const LayerDims& d
   return kept;
 }
 
+// Recurrent dropout (rec_scale, a (B, P) scale per sequence and unit):
+// h_{t-1} enters the recurrent product as h_{t-1} ⊙ s. The scale in math_t,
+// or undefined without it.
+template <typename Ex>
+Tensor recurrent_scale(const OptTensor& rec_scale) {
+  return rec_scale.has_value() ? to_math<Ex>(*rec_scale).contiguous() : Tensor();
+}
+
+// dst = src ⊙ s on rows [first, rows) and columns [p0, p1) of (·, P) buffers
+// whose row r is sequence r's (s's row r); dst may be src.
+template <typename Ex, typename T, typename M>
+void scale_rows(const Ex& ex, T* dst, const T* src, const M* s, int64_t first, int64_t rows,
+                int64_t p0, int64_t p1, int64_t P) {
+  if (p0 == 0 && p1 == P) {
+    ex.scale(dst + first * P, src + first * P, s + first * P, (rows - first) * P);
+    return;
+  }
+  for (int64_t r = first; r < rows; ++r) {
+    ex.scale(dst + r * P + p0, src + r * P + p0, s + r * P + p0, p1 - p0);
+  }
+}
+
+// Every step's rows of a (rows, P) buffer times s (row r of a step is
+// sequence r), as the forward's step phase makes them: in math_t, rounded
+// back to the buffer's dtype. For the backward's and tangents' products with
+// h_{t-1} ⊙ s; h0 ⊙ s is the same with one step.
+inline Tensor scaled_by_sequence(const Steps& steps, const Tensor& rows, const Tensor& s) {
+  std::vector<Tensor> parts;
+  parts.reserve(steps.count());
+  for (int64_t t = 0; t < steps.count(); ++t) parts.push_back(s.narrow(0, 0, steps.size(t)));
+  return at::mul(rows.to(s.scalar_type()), at::cat(parts)).to(rows.scalar_type());
+}
+
+inline Tensor scaled_state(const Tensor& h0, const Tensor& s) {
+  return s.defined() ? at::mul(h0.to(s.scalar_type()), s).to(h0.scalar_type()) : h0;
+}
+
 // The gates' product of one step for units [a, b), rows [r.first, r.rows):
 // gates_t (the step's rows, row stride 4H) += h_{t-1} W_hh^T, h_{t-1} being
 // rows of the previously processed step's `out` (at prev) or of `out0`.
@@ -153,7 +194,7 @@ template <typename Ex>
 LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                       bool save, const LaidOut* kept) {
+                       const OptTensor& rec_scale, bool save, const LaidOut* kept) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -164,8 +205,13 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const LaidOut w =
       kept ? kept_layout(ex, *kept, d, x, b_ih.has_value() || b_hh.has_value(), w_hr.has_value())
            : lay_out_forward(ex, w_ih, w_hh, b_ih, b_hh, w_hr);
-  const Rows<const scalar_t> x_rows(x), h0_rows(h0);
+  const Rows<const scalar_t> x_rows(x);
   const Rows<const math_t> c0_rows(to_math<Ex>(c0));
+  // With recurrent dropout the recurrent product reads h_{t-1} ⊙ s: rows of
+  // y_rec, which each step's last phase makes from y, and h0 ⊙ s.
+  const Tensor s = recurrent_scale<Ex>(rec_scale);
+  const Rows<const scalar_t> h0_rows(scaled_state(h0, s));
+  const Rows<scalar_t> y_rec(s.defined() ? at::empty({d.rows, P}, opts) : Tensor());
   // A block's rows start as their input projection; each step adds h W_hh^T,
   // and its cell pass adds the bias and writes the activations to `activated`.
   const int64_t block = save && !reduced ? d.rows : block_rows(G, d.batch);
@@ -196,7 +242,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       math_t* c_prev = save ? cells.at(r.prev) : cells.data;
       math_t* c_out = save ? cells.at(r.off) : cells.data;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
-        recurrent_product(ex, r, a, b, P, G, y, h0_rows, w_hh_t, gates_t);
+        recurrent_product(ex, r, a, b, P, G, y_rec ? y_rec : y, h0_rows, w_hh_t, gates_t);
         ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t,
                         activated ? activated.at(r.off) : nullptr, bias_p, c_prev, c0_rows.data,
                         c_out, h_raw ? h_raw.data : y.at(r.off));
@@ -214,9 +260,14 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
         ex.step_gemm(rows, p1 - p0, H, h_raw.at(r.first), H, w_t, P, y_t, P, false);
       }
     };
+    const auto recurrent_input = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      scale_rows(ex, y_rec.at(r.off), y.at(r.off), ptr<const math_t>(s), r.first, r.rows, p0, p1,
+                 P);
+    };
     run_steps(ex, steps, blk, false, flops_per_row, H,
               phase(H, ex.unit_align(), gates_and_cells),
-              phase(h_raw ? P : 0, ex.column_align(), projection));
+              phase(h_raw ? P : 0, ex.column_align(), projection),
+              phase(y_rec ? P : 0, ex.column_align(), recurrent_input));
   });
   Tensor h_n = final_state<scalar_t>(ex, steps, y.tensor, d.batch);
   if (!save) return {y.tensor, h_n, cells.tensor, Tensor(), Tensor()};
@@ -232,7 +283,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                           const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
                           const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                           const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
-                          const Tensor& gates, const Tensor& cells, int64_t groups) {
+                          const Tensor& gates, const Tensor& cells, int64_t groups,
+                          const OptTensor& rec_scale) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -273,6 +325,11 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const Rows<math_t> dh_raw(proj ? at::empty({d.batch, H}, math_opts) : Tensor());
   const LaidOut w = lay_out(ex, mask.input ? w_ih : Tensor(), w_hh, w_hr, true);
   const scalar_t* w_hh_b = ptr<const scalar_t>(w.hh);
+  // With recurrent dropout, dL/dh_{t-1} through the recurrent product is
+  // (dgates W_hh) ⊙ s, and dW_hh sums dgates^T (h_{t-1} ⊙ s).
+  const Tensor s = recurrent_scale<Ex>(rec_scale);
+  const Tensor h_prev = s.defined() && mask.weights ? scaled_by_sequence(steps, y, s) : y;
+  const Tensor h0_prev = s.defined() && mask.weights ? scaled_state(h0, s) : h0;
   const scalar_t* w_hr_b = ptr<const scalar_t>(w.hr);
 
   Tensor dx = mask.input ? at::empty({d.rows, d.input}, math_opts) : Tensor();
@@ -319,6 +376,9 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
     const auto state = [&](const StepRows& r, int64_t p0, int64_t p1) {
       ex.step_gemm(r.rows - r.first, p1 - p0, G, dgates.at(r.off - blk.row0 + r.first), G,
                    ex.column(w_hh_b, G, p0), P, dh.at(r.first) + p0, P, false);
+      if (s.defined()) {
+        scale_rows(ex, dh.data, dh.data, ptr<const math_t>(s), r.first, r.rows, p0, p1, P);
+      }
     };
     run_steps(ex, steps, blk, true, flops_per_row, H,
               phase(proj ? P : 0, ex.column_align(), total_dy),
@@ -336,7 +396,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       for_each_previous_state_run(steps, t0, t1, [&](int64_t row, int64_t count, bool from_y,
                                                      int64_t source) {
         weight_grad(dw_hh, G, P, count, dgates.at(row - blk.row0),
-                    ptr<const scalar_t>(from_y ? y : h0) + source * P);
+                    ptr<const scalar_t>(from_y ? h_prev : h0_prev) + source * P);
       });
     }
     if (mask.bias) {
@@ -361,7 +421,8 @@ template <typename Ex>
 LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                         const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                         const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
-                        const Tensor& gates, const Tensor& cells, const Tangents& tan) {
+                        const Tensor& gates, const Tensor& cells, const Tangents& tan,
+                        const OptTensor& rec_scale) {
   using scalar_t = typename Ex::scalar_t;
   const int64_t H = d.hidden, P = d.out, G = 4 * H;
   const auto opts = x.options();
@@ -371,6 +432,8 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   // whole-sequence products. Each step adds dh_{t-1} W_hh^T, and its cell
   // pass adds db.
   const Rows<scalar_t> t_gates(at::empty({d.rows, G}, opts));
+  // With recurrent dropout, both h_{t-1} and its tangent enter as ⊙ s.
+  const Tensor s = recurrent_scale<Ex>(rec_scale);
   bool started = false;
   const auto add_product = [&](const Tensor& a, const Tensor& weight) {
     ex.sequence_gemm(d.rows, G, a.size(1), ptr<const scalar_t>(a), a.size(1),
@@ -382,11 +445,13 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   if (tan.w_ih.has_value()) add_product(x, *tan.w_ih);
   if (tan.w_hh.has_value()) {
     const Tensor w_t = ex.weights(tan.w_hh->t(), Gates::columns);
+    const Tensor h_prev = s.defined() ? scaled_by_sequence(steps, y, s) : y;
+    const Tensor h0_prev = scaled_state(h0, s);
     // Each run's rows get their first product here if nothing came before.
     for_each_previous_state_run(steps, 0, steps.count(), [&](int64_t row, int64_t count,
                                                              bool from_y, int64_t source) {
-      ex.sequence_gemm(count, G, P, ptr<const scalar_t>(from_y ? y : h0) + source * P, P,
-                       ptr<const scalar_t>(w_t), t_gates.at(row), G, started);
+      ex.sequence_gemm(count, G, P, ptr<const scalar_t>(from_y ? h_prev : h0_prev) + source * P,
+                       P, ptr<const scalar_t>(w_t), t_gates.at(row), G, started);
     });
     started = true;
   }
@@ -397,7 +462,9 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const Tensor t_w_hr = tan.w_hr.has_value() ? ex.weights(tan.w_hr->t(), Gates::none) : Tensor();
   const Rows<scalar_t> t_y(at::empty({d.rows, P}, opts));
   const Rows<scalar_t> t_cells(at::empty({d.rows, H}, opts));
-  const Rows<const scalar_t> t_h0(tan.h0.has_value() ? *tan.h0 : at::zeros({d.batch, P}, opts));
+  const Rows<const scalar_t> t_h0(scaled_state(
+      tan.h0.has_value() ? *tan.h0 : at::zeros({d.batch, P}, opts), s));
+  const Rows<scalar_t> t_y_rec(s.defined() ? at::empty({d.rows, P}, opts) : Tensor());
   const Rows<const scalar_t> t_c0(tan.c0.has_value() ? *tan.c0 : at::zeros({d.batch, H}, opts));
   // With a projection, per sequence: the tangent of h_t before it, and h_t
   // itself when the projection's weight has a tangent.
@@ -413,7 +480,7 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
     scalar_t* t_gates_t = t_gates.at(r.off);
     for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
-      recurrent_product(ex, r, a, b, P, G, t_y, t_h0, w_hh_t, t_gates_t);
+      recurrent_product(ex, r, a, b, P, G, t_y_rec ? t_y_rec : t_y, t_h0, w_hh_t, t_gates_t);
       ex.cell_tangent(r.first, r.rows, a, b, r.carried, H, gates_rows.at(r.off),
                       cells_rows.at(r.off), cells_rows.at(r.prev), c0_p,
                       t_bias, t_gates_t, t_cells.at(r.prev), t_c0.data, t_cells.at(r.off),
@@ -429,10 +496,15 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                    ex.column(t_w_hr_t, H, p0), P, t_y_t, P, true);
     }
   };
+  const auto recurrent_input = [&](const StepRows& r, int64_t p0, int64_t p1) {
+    scale_rows(ex, t_y_rec.at(r.off), t_y.at(r.off), ptr<const scalar_t>(s), r.first, r.rows, p0,
+               p1, P);
+  };
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
   run_steps(ex, steps, Block{0, steps.count(), d.rows, 0}, false, flops_per_row, H,
             phase(H, ex.unit_align(), gates_and_cells),
-            phase(proj ? P : 0, ex.column_align(), projection));
+            phase(proj ? P : 0, ex.column_align(), projection),
+            phase(t_y_rec ? P : 0, ex.column_align(), recurrent_input));
   return {t_y.tensor, final_state<scalar_t>(ex, steps, t_y.tensor, d.batch),
           final_state<scalar_t>(ex, steps, t_cells.tensor, d.batch)};
 }

@@ -8,10 +8,13 @@ namespace lstm_ext {
 
 // One layer, one direction, over a packed sequence. Returns y, h_n, c_n and,
 // for the backward, the activated gates and the cell state of every row.
+// rec_scale (B, P), if given, scales h_{t-1} (h0 included) where it enters the
+// recurrent product, per sequence and unit: recurrent dropout's mask over
+// 1 - p. Every op of the layer takes it alike.
 inline constexpr const char* kLayerSchema =
     "lstm_layer(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
-    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
+    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
+    "Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // The same layer where no backward will come: y, h_n and c_n, nothing saved.
 // The kept_ tensors, if given, are lstm_layer_lay_out's results for these
@@ -19,8 +22,8 @@ inline constexpr const char* kLayerSchema =
 inline constexpr const char* kLayerInferenceSchema =
     "lstm_layer_inference(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
     "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
-    "Tensor? kept_ih=None, Tensor? kept_hh=None, Tensor? kept_hr=None, Tensor? kept_bias=None) "
-    "-> (Tensor, Tensor, Tensor)";
+    "Tensor? kept_ih=None, Tensor? kept_hh=None, Tensor? kept_hr=None, Tensor? kept_bias=None, "
+    "Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor)";
 
 // The weights of one layer and direction as the inference op's products take
 // them on this device, in this dtype's path (native or upcast), for a caller
@@ -51,8 +54,8 @@ inline constexpr const char* kInferenceSchema =
 inline constexpr const char* kLayerBackwardSchema =
     "lstm_layer_backward(Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, "
     "Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-    "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask, int groups=1) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+    "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask, int groups=1, "
+    "Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // Forward-mode derivative: the tangents of y, h_n and c_n given those of the
 // inputs (None for zero; db is that of b_ih + b_hh) and the forward's results.
@@ -60,7 +63,7 @@ inline constexpr const char* kLayerJvpSchema =
     "lstm_layer_jvp(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
     "Tensor w_hh, Tensor? w_hr, Tensor y, Tensor gates, Tensor cells, bool reverse, "
     "Tensor? dx, Tensor? dh0, Tensor? dc0, Tensor? dw_ih, Tensor? dw_hh, Tensor? db, "
-    "Tensor? dw_hr) -> (Tensor, Tensor, Tensor)";
+    "Tensor? dw_hr, Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor)";
 
 // Defines every op above in a TORCH_LIBRARY block's library.
 inline void define_ops(torch::Library& m) {

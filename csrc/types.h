@@ -105,6 +105,9 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batc
                          const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
                          int64_t groups);
 
+// rec_scale, if given, is (batch, P) in x's dtype and on its device.
+void check_rec_scale(const LayerDims& d, const Tensor& x, const OptTensor& rec_scale);
+
 // Checks each tangent against the input it belongs to.
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj);
 

@@ -96,45 +96,54 @@ def _layer_functions(layer, layer_backward, layer_jvp):
         # rules fold the mapped dimension into the batch.
         generate_vmap_rule = True
 
+        # rec_scale (recurrent dropout's mask over 1 - p) is a constant: no
+        # derivative is taken or passed for it.
         @staticmethod
-        def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                    rec_scale=None):
             with torch._C._AutoDispatchBelowAutograd():
-                return layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                return layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                             rec_scale)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, *rest = inputs
             y, _, _, gates, cells = output
             ctx.mark_non_differentiable(gates, cells)
             # Unused outputs arrive as None rather than as zero tensors of their size.
             ctx.set_materialize_grads(False)
-            saved = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells)
+            saved = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells,
+                     rest[0] if rest else None)
             ctx.save_for_backward(*saved)
             ctx.save_for_forward(*saved)
             ctx.reverse = reverse
+            ctx.inputs = len(inputs)
 
         @staticmethod
         def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
-            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells = (
+            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale = (
                 ctx.saved_tensors)
-            inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
+            inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
+                      rec_scale)
             need = ctx.needs_input_grad
             if any(_routes((*inputs[:9], dy, dh_n, dc_n))):
-                return _composite.vjp(inputs, (dy, dh_n, dc_n), need)
+                return _composite.vjp(inputs, (dy, dh_n, dc_n), need)[: ctx.inputs]
             mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
             dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
                 dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-                ctx.reverse, mask)
+                ctx.reverse, mask, 1, rec_scale)
             return (dx, None, dh0 if need[2] else None, dc0 if need[3] else None,
                     dw_ih if need[4] else None, dw_hh if need[5] else None,
-                    db if need[6] else None, db if need[7] else None, dw_hr, None)
+                    db if need[6] else None, db if need[7] else None, dw_hr, None,
+                    None)[: ctx.inputs]
 
         @staticmethod
-        def jvp(ctx, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, __):
-            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells = (
+        def jvp(ctx, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *__):
+            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale = (
                 ctx.saved_tensors)
-            tangents = (dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None)
-            inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
+            tangents = (dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None)
+            inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
+                      rec_scale)
             # The tangents being pushed are this jvp's own: forward-mode AD
             # does not differentiate them again (it cannot nest).
             transform, autograd, _ = _routes((*inputs[:9], *tangents))
@@ -144,18 +153,18 @@ def _layer_functions(layer, layer_backward, layer_jvp):
                 # The tangents can be differentiated by autograd (with
                 # parameters that require grad, they always can): fused, with
                 # a backward from the composite.
-                t_y, t_h_n, t_c_n = Tangent.apply(ctx.reverse, y, gates, cells, *inputs[:9],
-                                                  *tangents[:9])
+                t_y, t_h_n, t_c_n = Tangent.apply(ctx.reverse, rec_scale, y, gates, cells,
+                                                  *inputs[:9], *tangents[:9])
             else:
-                t_y, t_h_n, t_c_n = fused_jvp(ctx.reverse, y, gates, cells, *inputs[:9],
-                                              *tangents[:9])
+                t_y, t_h_n, t_c_n = fused_jvp(ctx.reverse, rec_scale, y, gates, cells,
+                                              *inputs[:9], *tangents[:9])
             return t_y, t_h_n, t_c_n, None, None
 
-    def fused_jvp(reverse, y, gates, cells, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                  w_hr, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr):
+    def fused_jvp(reverse, rec_scale, y, gates, cells, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
+                  b_hh, w_hr, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr):
         db = db_ih if db_hh is None else db_hh if db_ih is None else db_ih + db_hh
         return layer_jvp(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, dx,
-                         dh0, dc0, dw_ih, dw_hh, db, dw_hr)
+                         dh0, dc0, dw_ih, dw_hh, db, dw_hr, rec_scale)
 
     class Tangent(torch.autograd.Function):
         """The fused tangents as a function of the layer's inputs and their
@@ -164,22 +173,22 @@ def _layer_functions(layer, layer_backward, layer_jvp):
         generate_vmap_rule = True
 
         @staticmethod
-        def forward(reverse, y, gates, cells, *inputs_and_tangents):
+        def forward(reverse, rec_scale, y, gates, cells, *inputs_and_tangents):
             with torch._C._AutoDispatchBelowAutograd():
-                return fused_jvp(reverse, y, gates, cells, *inputs_and_tangents)
+                return fused_jvp(reverse, rec_scale, y, gates, cells, *inputs_and_tangents)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
             ctx.reverse = inputs[0]
-            ctx.save_for_backward(*inputs[4:])
+            ctx.save_for_backward(inputs[1], *inputs[5:])
 
         @staticmethod
         def backward(ctx, *cotangents):
-            saved = ctx.saved_tensors
-            inputs, tangents = (*saved[:9], ctx.reverse), (*saved[9:], None)
+            rec_scale, *saved = ctx.saved_tensors
+            inputs, tangents = (*saved[:9], ctx.reverse, rec_scale), (*saved[9:], None)
             grads = _composite.tangent_vjp(inputs, tangents, cotangents,
-                                           ctx.needs_input_grad[4:])
-            return (None, None, None, None, *grads)
+                                           ctx.needs_input_grad[5:])
+            return (None, None, None, None, None, *grads)
 
     class EagerLayer(torch.autograd.Function):
         """Layer's rules in autograd.Function's older form, whose forward takes
@@ -258,6 +267,8 @@ def register(lib: torch.library.Library, namespace: str):
             return Layer.apply(*args)[:3]
         if autograd or (not compiling and forward_ad._current_level >= 0):
             return layer(*args)[:3]
+        # The inference op's rec_scale comes after its kept layout.
+        args = (*args[:10], None, None, None, None, *args[10:])
         if compiling:
             return inference(*args)
         # Nothing can differentiate it: past its Autograd kernel (which would

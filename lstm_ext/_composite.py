@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 # Positions of the differentiable arguments of lstm_ext::lstm_layer:
-# x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse.
+# x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale.
 DIFFERENTIABLE = (0, 2, 3, 4, 5, 6, 7, 8)
 
 
-def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale=None):
     """What lstm_ext::lstm_layer computes (y, h_n, c_n), from differentiable ops."""
     sizes = batch_sizes.tolist()
     offsets = [0]
@@ -35,7 +35,8 @@ def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     # state (a finished sequence's final one, or a reverse sequence's h0/c0).
     for t in steps:
         rows, first = sizes[t], offsets[t]
-        inputs = torch.cat([x[first : first + rows], h[:rows]], dim=1)
+        h_prev = h[:rows] if rec_scale is None else h[:rows] * rec_scale[:rows]
+        inputs = torch.cat([x[first : first + rows], h_prev], dim=1)
         h_t, c_t = torch._VF.lstm_cell(inputs, (torch.zeros_like(c[:rows]), c[:rows]), w_in, no_h,
                                        b_ih, b_hh)
         if w_hr is not None:
@@ -84,7 +85,7 @@ def tangent_vjp(inputs: Sequence, tangents: Sequence[Tensor | None],
     """Gradients, with a graph, of the tangents jvp(inputs, tangents) computes,
     given those of its results (None for zero): for each of the op's 9
     arguments before `reverse`, then for each of their tangents (None where not
-    needed)."""
+    needed). `inputs` are the op's arguments, rec_scale included."""
     wanted = [i for i in DIFFERENTIABLE if needs_input_grad[i] and inputs[i] is not None]
     wanted_t = [i for i in DIFFERENTIABLE if needs_input_grad[9 + i] and tangents[i] is not None]
 

@@ -35,9 +35,10 @@ def _check_fake(x, batch_sizes, tensors):
                  lambda: "lstm_layer: batch_sizes must be an int64 CPU tensor")
 
 
-def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                     rec_scale=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                                     w_hr=w_hr))
+                                     w_hr=w_hr, rec_scale=rec_scale))
     rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
     return (
         x.new_empty(rows, out),
@@ -49,9 +50,10 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
 
 
 def _lstm_layer_inference_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                               kept_ih=None, kept_hh=None, kept_hr=None, kept_bias=None):
+                               kept_ih=None, kept_hh=None, kept_hr=None, kept_bias=None,
+                               rec_scale=None):
     y, h_n, c_n, _, _ = _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                         reverse)
+                                         reverse, rec_scale)
     return y, h_n, c_n
 
 
@@ -71,8 +73,9 @@ def _lstm_inference_fake(x, batch_sizes, h0, c0, weights, kept, has_biases, num_
 
 
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
-                              gates, cells, reverse, output_mask, groups=1):
-    _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y))
+                              gates, cells, reverse, output_mask, groups=1, rec_scale=None):
+    _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y,
+                                     rec_scale=rec_scale))
     _check_saved_fake(x, gates, cells)
     want_input, want_weights, want_bias, want_proj = output_mask
 
@@ -91,10 +94,10 @@ def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh
 
 
 def _lstm_layer_jvp_fake(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse,
-                         dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr):
+                         dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, rec_scale=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, dx=dx,
                                      dh0=dh0, dc0=dc0, dw_ih=dw_ih, dw_hh=dw_hh, db=db,
-                                     dw_hr=dw_hr))
+                                     dw_hr=dw_hr, rec_scale=rec_scale))
     _check_saved_fake(x, gates, cells)
     return y.new_empty(y.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
@@ -123,9 +126,11 @@ def register(namespace: str):
     # Registrations last as long as their Library object.
     lib = _libraries[namespace] = torch.library.Library(namespace, "IMPL")
     entry = _autograd.register(lib, namespace)
-    for name in ("lstm_layer", "lstm_layer_inference"):
+    # rec_scale's position: after reverse, or after the kept layout.
+    for name, rec_scale_at in (("lstm_layer", 10), ("lstm_layer_inference", 14)):
         torch.library.register_vmap(f"{namespace}::{name}",
-                                    _vmap.layer_rule(getattr(ops, name).default), lib=lib)
+                                    _vmap.layer_rule(getattr(ops, name).default, rec_scale_at),
+                                    lib=lib)
     torch.library.register_vmap(f"{namespace}::lstm_layer_backward",
                                 _vmap.backward_rule(ops.lstm_layer_backward.default), lib=lib)
     torch.library.register_vmap(f"{namespace}::lstm_layer_jvp",

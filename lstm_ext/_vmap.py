@@ -58,7 +58,8 @@ def _folding_rule(op, batch_sizes_at, per_sequence, weights, run):
             return _loop(op, n, in_dims, args)
         args = list(args)
         for i in per_sequence:
-            args[i] = _fold(args[i], in_dims[i], n)
+            if i < len(args):  # an optional argument may be left out
+                args[i] = _fold(args[i], in_dims[i], n)
         args[batch_sizes_at] = args[batch_sizes_at] * n
         return run(args, n)
 
@@ -73,19 +74,20 @@ def _unfold_all(op):
     return run
 
 
-def layer_rule(op):
+def layer_rule(op, rec_scale_at):
     """lstm_layer or lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-    reverse)."""
-    return _folding_rule(op, 1, (0, 2, 3), range(4, 9), _unfold_all(op))
+    reverse, ..., rec_scale), rec_scale (per sequence) at `rec_scale_at`."""
+    return _folding_rule(op, 1, (0, 2, 3, rec_scale_at), range(4, 9), _unfold_all(op))
 
 
 def backward_rule(op):
     """lstm_layer_backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
-    cells, reverse, output_mask, groups=1): the weight gradients come per problem."""
+    cells, reverse, output_mask, groups=1, rec_scale=None): the weight gradients come per
+    problem."""
 
     def run(args, n):
         groups = args[15] if len(args) > 15 else 1
-        args[15:] = [groups * n]
+        args[15:16] = [groups * n]
         dx, dh0, dc0, *per_problem = op(*args)
         # Problem k of an already grouped call's problem g is g * n + k: k goes second.
         per_problem = [None if t is None else t.unflatten(0, (groups, n)) if groups > 1 else t
@@ -94,11 +96,11 @@ def backward_rule(op):
         dims = (1, 1, 1, *((1 if groups > 1 else 0) for _ in per_problem))
         return outputs, tuple(None if o is None else d for o, d in zip(outputs, dims))
 
-    return _folding_rule(op, 4, (0, 1, 2, 3, 5, 6, 10, 11, 12), (7, 8, 9), run)
+    return _folding_rule(op, 4, (0, 1, 2, 3, 5, 6, 10, 11, 12, 16), (7, 8, 9), run)
 
 
 def jvp_rule(op):
     """lstm_layer_jvp(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse, dx,
-    dh0, dc0, dw_ih, dw_hh, db, dw_hr): weights and their tangents loop."""
-    return _folding_rule(op, 1, (0, 2, 3, 7, 8, 9, 11, 12, 13), (4, 5, 6, 14, 15, 16, 17),
+    dh0, dc0, dw_ih, dw_hh, db, dw_hr, rec_scale=None): weights and their tangents loop."""
+    return _folding_rule(op, 1, (0, 2, 3, 7, 8, 9, 11, 12, 13, 18), (4, 5, 6, 14, 15, 16, 17),
                          _unfold_all(op))

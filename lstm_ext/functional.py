@@ -25,6 +25,7 @@ def lstm_layer(
     *,
     batch_sizes: Tensor | None = None,
     reverse: bool = False,
+    recurrent_scale: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Runs one LSTM layer in one direction over a whole sequence, fused.
 
@@ -40,6 +41,10 @@ def lstm_layer(
             (``PackedSequence.batch_sizes``); None for padded input.
         reverse: process the sequence from its last step to its first, as the
             backward direction of a bidirectional LSTM does.
+        recurrent_scale: ``(B, P)``, in x's dtype: h_{t-1} (h0 included)
+            enters the recurrent product as ``h_{t-1} * recurrent_scale``, per
+            sequence and unit (recurrent dropout's explicit form: its mask over
+            1 - p). The output and h_n are h itself. Constant: no gradient.
 
     Returns:
         ``(output, (h_n, c_n))``: output is ``(T, B, P)`` for padded input,
@@ -52,6 +57,8 @@ def lstm_layer(
             f"lstm_layer: padded input must be 3-D (T, B, I), got shape {tuple(input.shape)}"
         )
     if torch.onnx.is_in_onnx_export():
+        if recurrent_scale is not None:
+            raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
         return _onnx.lstm_layer(input, hx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes=batch_sizes,
                                 reverse=reverse)
     if padded:
@@ -62,7 +69,8 @@ def lstm_layer(
     if hx is None:
         h0, c0 = _zero_state(x, batch, batch_sizes, 1, w_hh)
         hx = h0[0], c0[0]
-    y, h_n, c_n = _layer(x, batch_sizes, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    y, h_n, c_n = _layer(x, batch_sizes, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                         rec_scale=recurrent_scale)
     if padded:
         y = y.view(steps, batch, y.shape[1])
     return y, (h_n, c_n)
@@ -82,6 +90,7 @@ def lstm(
     batch_sizes: Tensor | None = None,
     kept_layouts: KeptLayouts | None = None,
     weight_drop: float = 0.0,
+    recurrent_dropout: float = 0.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A whole multi-layer LSTM, as ``torch.nn.LSTM`` computes it, on weights you hold.
 
@@ -108,6 +117,12 @@ def lstm(
             ``w_hh * M / (1 - weight_drop)``, one Bernoulli(1 - weight_drop) mask
             M per layer and direction drawn for this call (``lstm_layer``
             takes such a weight as it is: that is its explicit form).
+        recurrent_dropout: when ``training``, h_{t-1} enters each layer's and
+            direction's recurrent product as ``h_{t-1} * m / (1 -
+            recurrent_dropout)``, one Bernoulli(1 - recurrent_dropout) mask m
+            per sequence and unit for every step (h0 included) drawn for this
+            call (after the weight_drop masks); the output and h_n are h
+            itself. ``lstm_layer``'s ``recurrent_scale`` is its explicit form.
 
     Returns:
         ``(output, (h_n, c_n))``: output ``(T, B, D * P)`` (``(B, T, D * P)`` with
@@ -125,12 +140,16 @@ def lstm(
     per_group = weights_per_group(weights, groups, bias)
     packed = batch_sizes is not None
     check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
-    if probability("weight_drop", weight_drop) > 0 and training:
+    dropping_weights = probability("weight_drop", weight_drop) > 0 and training
+    dropping_states = probability("recurrent_dropout", recurrent_dropout) > 0 and training
+    if dropping_weights:
         weights = _drop_recurrent_weights(weights, per_group, weight_drop)
-        if kept_layouts is not None:
-            kept_layouts.clear()  # weights made for this call alone
-            kept_layouts = None
+    if (dropping_weights or dropping_states) and kept_layouts is not None:
+        kept_layouts.clear()  # weights made for this call, or a step the stack op lacks
+        kept_layouts = None
     if torch.onnx.is_in_onnx_export():
+        if dropping_states:
+            raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
         return _onnx.lstm(input, hx, weights, bias=bias, num_layers=num_layers,
                           bidirectional=bidirectional, batch_first=batch_first, dropout=dropout,
                           training=training, batch_sizes=batch_sizes)
@@ -154,6 +173,9 @@ def lstm(
     h0, c0 = _zero_state(x, batch, batch_sizes, groups, weights[1]) if hx is None else hx
     if c0.dtype != x.dtype:
         c0 = c0.to(x.dtype)  # a lower-precision c0 is promoted, as nn.LSTM does
+    # Recurrent dropout's m / (1 - p), for every layer and direction at once.
+    scales = (_keep_scales(h0.shape, recurrent_dropout, x.dtype, h0.device) if dropping_states
+              else None)
 
     dropping = dropout > 0 and training and num_layers > 1
     if kept_layouts is not None and not dropping:
@@ -165,7 +187,8 @@ def lstm(
                                               num_layers, bidirectional)
     else:
         x, h_n, c_n = _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers,
-                              directions, dropout if dropping else 0.0, packed, kept_layouts)
+                              directions, dropout if dropping else 0.0, packed, kept_layouts,
+                              scales)
 
     if not packed:
         x = x.view(steps, batch, x.shape[1])
@@ -174,18 +197,33 @@ def lstm(
     return x, (h_n, c_n)
 
 
+def _keep_scales(shape, p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """m / (1 - p), m ~ Bernoulli(1 - p) elementwise: uniform draws kept where
+    >= p, in float32 whatever dtype (a 16-bit uniform would skew the
+    probability); half the time of bernoulli_ or F.dropout on a CPU."""
+    return torch.rand(shape, device=device).ge_(p).to(dtype).div_(1 - p)
+
+
 def _drop_recurrent_weights(weights: Sequence[Tensor], per_group: int, p: float) -> list[Tensor]:
     """The weights with each w_hh (the second of a group) dropped out, in
-    order of layers and directions: W_hh * M / (1 - p), as F.dropout draws it."""
+    order of layers and directions: W_hh * M / (1 - p)."""
     weights = list(weights)
     for k in range(1, len(weights), per_group):
-        weights[k] = torch.nn.functional.dropout(weights[k], p, training=True)
+        w = weights[k]
+        weights[k] = w * _keep_scales(w.shape, p, w.dtype, w.device)
     return weights
 
 
+_NO_ONNX_RECURRENT_DROPOUT = (
+    "lstm_ext: recurrent dropout in training mode has no ONNX form (the ONNX LSTM operator "
+    "has no mask on its recurrent input); export the model in eval mode, where it is the "
+    "plain LSTM")
+
+
 def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, directions,
-            dropout, packed, kept_layouts):
-    """The layers one op call each: output, h_n, c_n."""
+            dropout, packed, kept_layouts, scales=None):
+    """The layers one op call each: output, h_n, c_n; `scales`, recurrent
+    dropout's per layer and direction, or None."""
     h0, c0 = h0.unbind(0), c0.unbind(0)
     h_n, c_n = [], []
     with _autocast_rule(x, packed):
@@ -197,7 +235,8 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
                 laid_out = kept_layouts.get(k, group, bias) if kept_layouts is not None else ()
                 with _profiler_label(layer, direction):
                     y, h, c = run(x, batch_sizes, h0[k], c0[k], *unpack_group(group, bias),
-                                  direction == 1, laid_out)
+                                  direction == 1, laid_out,
+                                  None if scales is None else scales[k])
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
@@ -209,17 +248,21 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
     return x, _stack(h_n), _stack(c_n)
 
 
-def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=()):
+def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
+           rec_scale=None):
     """The op on packed ``x``: ``(y, h_n, c_n)``. With a kept layout the layer
-    is known to run the eager inference op (eager_inference): straight to it."""
+    is known to run the eager inference op (eager_inference): straight to it
+    (never with recurrent dropout, whose calls keep no layout)."""
     if laid_out:
         with torch._C._AutoDispatchBelowAutograd():
             return _ops.lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
                                              w_hr, reverse, *laid_out)
-    return _ops.layer_entry(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return _ops.layer_entry(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                            rec_scale)
 
 
-def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=()):
+def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
+                 rec_scale=None):
     """An empty batch: no rows to run. Results cut from the (empty) input projection
     keep, like nn.LSTM's, their place in the autograd graph."""
     gates = x @ w_ih.t()

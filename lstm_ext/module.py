@@ -10,6 +10,11 @@ from ._checks import probability
 from ._layouts import KeptLayouts
 
 
+# The options beyond nn.LSTM, as the module's attributes (a module pickled
+# before one existed loads with its default).
+_OPTIONS = ("weight_drop", "recurrent_dropout")
+
+
 class LSTM(nn.LSTM):
     """A drop-in replacement for ``torch.nn.LSTM``.
 
@@ -34,11 +39,18 @@ class LSTM(nn.LSTM):
       mask M over W_hh's elements drawn from torch's generator per forward
       call, shared by every step and sequence. In eval, ``W_hh``. The
       parameter stays ``weight_hh_l{k}``; its gradient is zero where M is.
+    - ``recurrent_dropout=p`` (variational, Gal and Ghahramani): in training,
+      h enters each layer's and direction's recurrent product as
+      ``h ⊙ m / (1 - p)``, one Bernoulli(1 - p) mask m per sequence and unit
+      drawn per forward call, the same at every step (h0 included); the
+      output and the next layer see h. In eval, h.
     """
 
-    def __init__(self, *args, weight_drop: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.weight_drop = probability("weight_drop", weight_drop)
+        self.recurrent_dropout = probability("recurrent_dropout", recurrent_dropout)
 
     def flatten_parameters(self) -> None:
         self.__dict__["_kept_layouts"] = KeptLayouts()
@@ -56,8 +68,8 @@ class LSTM(nn.LSTM):
         return False
 
     def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text + f", weight_drop={self.weight_drop}" if self.weight_drop else text
+        options = [f", {name}={getattr(self, name)}" for name in _OPTIONS if getattr(self, name)]
+        return super().extra_repr() + "".join(options)
 
     def layout_cache_bytes(self) -> int:
         """Bytes of the weights' layouts the module keeps between inference calls."""
@@ -71,7 +83,8 @@ class LSTM(nn.LSTM):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__["_kept_layouts"] = KeptLayouts()
-        self.__dict__.setdefault("weight_drop", 0.0)
+        for name in _OPTIONS:
+            self.__dict__.setdefault(name, 0.0)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -125,6 +138,7 @@ class LSTM(nn.LSTM):
             batch_sizes=batch_sizes,
             kept_layouts=self._kept_layouts,
             weight_drop=self.weight_drop,
+            recurrent_dropout=self.recurrent_dropout,
         )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)

@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
+import module_reference
+import variant_reference
 from reference import tolerance
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -44,6 +46,7 @@ class ModuleCase:
     # 0 by sequences, 1 by hidden units
     native: bool = True  # 16-bit: the native path where the CPU has it, else upcast
     weight_drop: float = 0.0  # lstm_ext.LSTM's option (nn.LSTM: the masked W_hh)
+    recurrent_dropout: float = 0.0  # lstm_ext.LSTM's option (the cell loop's reference)
 
 
 def _tensor(shape, layout, dtype, gen):
@@ -84,7 +87,8 @@ def _modules(c: ModuleCase):
     kwargs = dict(num_layers=c.layers, bias=c.bias, batch_first=c.batch_first,
                   bidirectional=c.bidirectional, proj_size=c.proj)
     ref = nn.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
-    ours = lstm_ext.LSTM(c.I, c.H, **kwargs, weight_drop=c.weight_drop).to(DTYPES[c.dtype])
+    ours = lstm_ext.LSTM(c.I, c.H, **kwargs, weight_drop=c.weight_drop,
+                         recurrent_dropout=c.recurrent_dropout).to(DTYPES[c.dtype])
     ours.load_state_dict(ref.state_dict())
     if DTYPES[c.dtype] in REDUCED_TOLERANCE:
         ref = InFloat64(ref)
@@ -139,27 +143,47 @@ def _run(module, params, x, hx, gen_seed):
     return y, h_n, c_n, loss
 
 
-def check_valid(c: ModuleCase) -> None:
-    """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient,
-    and without grad (lstm_ext's inference path) the same outputs and states."""
+def _configure(c: ModuleCase) -> dict:
+    """Threads, split and 16-bit path as the case asks; its tolerance."""
     torch.set_num_threads(2)
     torch.ops.lstm_ext._cpu_split(c.split)
     torch.ops.lstm_ext._cpu_native_off(not c.native)
-    reduced = DTYPES[c.dtype] in REDUCED_TOLERANCE
-    tol = REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
-    ref, ours = _modules(c)
-    results = []
-    for module in (ref, ours):
-        gen = torch.Generator().manual_seed(c.seed)
-        leaves, x, hx = _inputs(c, gen)
-        weight_leaves, params = _weights(c, module, gen)
-        y, h_n, c_n, loss = _run(module, params, x, hx, c.seed)
-        grads = torch.autograd.grad(loss, leaves + weight_leaves)
-        with torch.no_grad():  # lstm_ext: the inference path
-            inference = _run(module, params, x, hx, c.seed)[:3]
-        results.append([t.double() if reduced else t for t in (y, h_n, c_n, *grads, *inference)])
-    for i, (a, b) in enumerate(zip(*results)):
+    return REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
+
+
+def _results(c: ModuleCase, module, edit=None) -> tuple[list, int]:
+    """y, h_n, c_n, the gradients of the inputs then of the weights, and y, h_n,
+    c_n again without grad (lstm_ext's inference path), the seed set before
+    each call (masks repeat); `edit` may replace the weights (name -> tensor).
+    Also how many gradients are the inputs'."""
+    gen = torch.Generator().manual_seed(c.seed)
+    leaves, x, hx = _inputs(c, gen)
+    weight_leaves, params = _weights(c, module, gen)
+    if edit is not None:
+        params = edit(params)
+    torch.manual_seed(c.seed)
+    y, h_n, c_n, loss = _run(module, params, x, hx, c.seed)
+    grads = torch.autograd.grad(loss, leaves + weight_leaves)
+    torch.manual_seed(c.seed)
+    with torch.no_grad():
+        inference = _run(module, params, x, hx, c.seed)[:3]
+    results = [y, h_n, c_n, *grads, *inference]
+    if DTYPES[c.dtype] in REDUCED_TOLERANCE:
+        results = [t.double() for t in results]
+    return results, len(leaves)
+
+
+def _assert_same(c: ModuleCase, ours: list, theirs: list, tol: dict) -> None:
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
+
+
+def check_valid(c: ModuleCase) -> None:
+    """lstm_ext.LSTM equals nn.LSTM: outputs, final states and every gradient,
+    and without grad (lstm_ext's inference path) the same outputs and states."""
+    tol = _configure(c)
+    ref, ours = _modules(c)
+    _assert_same(c, _results(c, ours)[0], _results(c, ref)[0], tol)
 
 
 def check_weight_drop(c: ModuleCase) -> None:
@@ -167,33 +191,80 @@ def check_weight_drop(c: ModuleCase) -> None:
     M read off weight_hh's gradient (zero exactly where M is): outputs, final
     states and every gradient; without grad (the inference path) the same
     seed draws the same masks."""
-    torch.set_num_threads(2)
-    torch.ops.lstm_ext._cpu_split(c.split)
-    torch.ops.lstm_ext._cpu_native_off(not c.native)
-    reduced = DTYPES[c.dtype] in REDUCED_TOLERANCE
-    tol = REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
+    tol = _configure(c)
     ref, ours = _modules(c)
-    masks, results = {}, []
-    for module in (ours, ref):
-        gen = torch.Generator().manual_seed(c.seed)
-        leaves, x, hx = _inputs(c, gen)
-        weight_leaves, params = _weights(c, module, gen)
-        for name in params:
-            if module is ref and "weight_hh" in name:
-                params[name] = params[name] * masks[name.split(".")[-1]] / (1 - c.weight_drop)
-        torch.manual_seed(c.seed)
-        y, h_n, c_n, loss = _run(module, params, x, hx, c.seed)
-        grads = torch.autograd.grad(loss, leaves + weight_leaves)
-        torch.manual_seed(c.seed)
-        with torch.no_grad():
-            inference = _run(module, params, x, hx, c.seed)[:3]
-        if module is ours:
-            for name, g in zip(params, grads[len(leaves):]):
-                if "weight_hh" in name:
-                    masks[name] = (g[..., ::2] if c.weight_views else g) != 0
-        results.append([t.double() if reduced else t for t in (y, h_n, c_n, *grads, *inference)])
-    for i, (a, b) in enumerate(zip(*results)):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"{c}: result {i}: {m}")
+    results, inputs = _results(c, ours)
+    names = [n for n, _ in ours.named_parameters()]
+    masks = {name: (g[..., ::2] if c.weight_views else g) != 0
+             for name, g in zip(names, results[3 + inputs:]) if "weight_hh" in name}
+
+    def masked(params):
+        return {name: w * masks[name.split(".")[-1]] / (1 - c.weight_drop)
+                if "weight_hh" in name else w for name, w in params.items()}
+    _assert_same(c, results, _results(c, ref, masked)[0], tol)
+
+
+def check_recurrent_dropout(c: ModuleCase) -> None:
+    """Training with recurrent_dropout equals the loop of cells of
+    tests/variant_reference.py (float64) on the masks the same seed draws:
+    outputs, final states and every gradient; without grad (the inference
+    op) the same outputs and states."""
+    tol = _configure(c)
+    _, ours = _modules(c)
+    results, _ = _results(c, ours)
+    gen = torch.Generator().manual_seed(c.seed)
+    leaves, x, hx = _inputs(c, gen)
+    weight_leaves, params = _weights(c, ours, gen)
+    torch.manual_seed(c.seed)
+    y, (h_n, c_n) = _reference_with_masks(c, params, x, hx)
+    y = y.data if isinstance(y, PackedSequence) else y
+    gen = torch.Generator().manual_seed(c.seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64)
+                .to(torch.bfloat16).double()).sum() for t in (y, h_n, c_n))
+    grads = torch.autograd.grad(loss, leaves + weight_leaves)
+    outputs = len(results) - 3
+    _assert_same(c, [t.double() for t in results[:outputs]],
+                 [t.double() for t in (y, h_n, c_n, *grads)], tol)
+    _assert_same(c, results[outputs:], results[:3], tol)
+
+
+def _reference_with_masks(c: ModuleCase, params: dict, x, hx):
+    """The module's results from variant_reference's cell loop in float64, with
+    the recurrent dropout masks lstm_ext.lstm draws first after the seed: of
+    h0's shape, the batch in packed (sorted) order."""
+    D, P = (2 if c.bidirectional else 1), c.proj or c.H
+    unbatched, packed = c.kind == "unbatched", isinstance(x, PackedSequence)
+    B = 1 if unbatched else c.B
+    dtype = DTYPES[c.dtype]
+    p = c.recurrent_dropout
+    masks = torch.rand(c.layers * D, B, P).ge_(p).to(dtype).div_(1 - p)
+    if packed:
+        padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(x)
+        if x.unsorted_indices is not None:
+            masks = masks.index_select(1, x.unsorted_indices)
+    else:
+        padded = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if c.batch_first else x)
+        lengths = [padded.shape[0]] * padded.shape[1]
+    if hx is None:
+        h0 = torch.zeros(c.layers * D, B, P, dtype=torch.float64)
+        c0 = torch.zeros(c.layers * D, B, c.H, dtype=torch.float64)
+    else:
+        h0, c0 = (t.unsqueeze(1) if unbatched else t for t in hx)
+    case = module_reference.ModuleCase(layers=c.layers, bidirectional=c.bidirectional,
+                                       bias=c.bias, proj=c.proj, H=c.H)
+    suffixes = [f"_l{k}{d}" for k in range(c.layers) for d in ("", "_reverse")[:D]]
+    weights = {name: w.double() for name, w in params.items()}
+    y, h_n, c_n = variant_reference.reference_lstm(
+        case, padded.double(), lengths, h0.double(), c0.double(), weights,
+        {s: weights["weight_hh" + s] for s in suffixes}, dict(zip(suffixes, masks.double())))
+    if packed:
+        y = torch.nn.utils.rnn.pack_padded_sequence(y, lengths,
+                                                    enforce_sorted=x.sorted_indices is None)
+    elif unbatched:
+        y, h_n, c_n = y.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+    elif c.batch_first:
+        y = y.transpose(0, 1)
+    return y, (h_n, c_n)
 
 
 def check_decode(c: ModuleCase) -> None:
@@ -202,10 +273,7 @@ def check_decode(c: ModuleCase) -> None:
     in-place edit of every weight before the third must show in it. The same
     outputs and states as nn.LSTM on the same state each call; with
     weight_views, the weights are strided views."""
-    torch.set_num_threads(2)
-    torch.ops.lstm_ext._cpu_split(c.split)
-    torch.ops.lstm_ext._cpu_native_off(not c.native)
-    tol = REDUCED_TOLERANCE.get(DTYPES[c.dtype]) or tolerance(DTYPES[c.dtype])
+    tol = _configure(c)
     ref, ours = _modules(c)
     gen = torch.Generator().manual_seed(c.seed)
     if c.weight_views:

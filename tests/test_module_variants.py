@@ -1,8 +1,11 @@
 """lstm_ext.LSTM's options beyond nn.LSTM against the plain loop of cells in
-tests/variant_reference.py, in every module configuration: weight_drop.
+tests/variant_reference.py, in every module configuration: weight_drop,
+recurrent_dropout.
 
 Random masks are recovered from the gradients (weight drop's M is where
-weight_hh's gradient is not zero) and given to the reference."""
+weight_hh's gradient is not zero) or drawn again from the same seed as
+lstm_ext.lstm draws them (recurrent dropout's), and given to the reference;
+where h0 has a gradient, it shows the recurrent dropout mask too."""
 
 import itertools
 import math
@@ -63,9 +66,10 @@ def test_weight_drop_training_matches_the_cell_loop(case):
     assert_close_to_reference(ours, ref, **tolerance(case.dtype))
 
 
+@pytest.mark.parametrize("option", ["weight_drop", "recurrent_dropout"])
 @pytest.mark.parametrize("case", CASES[:: 3], ids=str)
-def test_weight_drop_eval_is_the_plain_lstm(case):
-    module = variant(case, weight_drop=0.6).eval()
+def test_options_in_eval_are_the_plain_lstm(option, case):
+    module = variant(case, **{option: 0.6}).eval()
     problem = ModuleProblem(case)
     assert_close_to_reference(problem.run(module), reference_run(problem, module, {}, 0.0),
                               **tolerance(case.dtype))
@@ -107,24 +111,15 @@ def test_weight_drop_without_grad_in_training_draws_masks_and_keeps_no_layout():
         assert torch.equal(module(input)[0], module(input)[0])
 
 
-def test_weight_drop_combines_with_dropout_between_layers():
-    case = ModuleCase(layers=3, bidirectional=True, proj=3, input="packed", dropout=0.5)
-    module = variant(case, weight_drop=0.5)
-    problem = ModuleProblem(case)
-    first, again = seeded(problem, module), seeded(problem, module)
-    assert torch.equal(first.y, again.y)
-    assert all(torch.equal(first.grads[k], again.grads[k]) for k in first.grads)
-    plain = seeded(problem, variant(case))
-    assert not torch.equal(first.y, plain.y)
-
-
+@pytest.mark.parametrize("option", ["weight_drop", "recurrent_dropout"])
 @pytest.mark.parametrize("case", [ModuleCase(layers=2, bidirectional=True, proj=3, T=3, B=2,
                                              H=4, I=3),
                                   ModuleCase(input="packed", T=3, B=3, H=3, I=2)], ids=str)
-def test_weight_drop_gradcheck_and_gradgradcheck(case):
+def test_options_gradcheck_and_gradgradcheck(option, case):
     """Every input and parameter, with one mask (the seed is set each call),
-    reverse and forward mode, and second derivatives."""
-    module = variant(case, weight_drop=0.5)
+    reverse and forward mode (recurrent dropout: the fused tangent op), and
+    second derivatives (the composite)."""
+    module = variant(case, **{option: 0.5})
     problem = ModuleProblem(case)
     _, h0, c0, input = problem.inputs()
     packed = isinstance(input, PackedSequence)
@@ -168,17 +163,24 @@ def test_weight_drop_under_torch_func():
         vmap(grad(loss), in_dims=(None, 1))(params, x)
 
 
-def test_weight_drop_compiles_fullgraph():
+@pytest.mark.parametrize("option", ["weight_drop", "recurrent_dropout"])
+def test_options_compile_fullgraph(option):
+    """One graph; the compiled graph draws its own masks (Inductor's RNG), read
+    off the gradients: weight_hh's, h0's."""
     case = ModuleCase(layers=2, bidirectional=True, dtype=torch.float32)
-    module = variant(case, weight_drop=0.5)
+    module = variant(case, **{option: 0.5})
     problem = ModuleProblem(case)
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True, backend=BACKEND)
     with torch._dynamo.config.patch(allow_rnn=True):  # see test_compile.py
         out = seeded(problem, compiled)
     out.grads = {k.removeprefix("_orig_mod."): g for k, g in out.grads.items()}
-    masks = {s: (out.grads["weight_hh" + s] != 0).double() for s in suffixes(case)}
-    ref = reference_run(problem, variant(case), masks, 0.5)
+    if option == "weight_drop":
+        masks = {s: (out.grads["weight_hh" + s] != 0).double() for s in suffixes(case)}
+        ref = reference_run(problem, variant(case), masks, 0.5)
+    else:
+        scales = dict(zip(suffixes(case), (out.grads["h0"] != 0).double() / 0.5))
+        ref = reference_run(problem, variant(case), {}, 0.0, scales)
     assert_close_to_reference(out, ref, **tolerance(case.dtype))
     module.eval()
     with torch._dynamo.config.patch(allow_rnn=True):
@@ -207,23 +209,144 @@ def test_weight_drop_on_the_emulated_cuda_op():
         torch.testing.assert_close(a, b)
 
 
-def test_weight_drop_is_kept_by_copies_and_pickles_and_printed():
-    module = lstm_ext.LSTM(3, 4, weight_drop=0.25)
-    assert "weight_drop=0.25" in repr(module)
+def recurrent_masks(case: ModuleCase, problem: ModuleProblem, p: float, seed: int = 3):
+    """The scales m / (1 - p) lstm_ext.lstm draws after `seed` (nothing random
+    before them without weight_drop): one tensor of h0's shape (groups, B, P),
+    the batch in packed (sorted) order; by suffix, in the input's order."""
+    D, P = (2 if case.bidirectional else 1), case.proj or case.H
+    B = 1 if case.input == "unbatched" else case.B
+    torch.manual_seed(seed)
+    m = torch.rand(case.layers * D, B, P).ge_(p).to(case.dtype).div_(1 - p)
+    input = problem.inputs()[3]
+    if isinstance(input, PackedSequence) and input.unsorted_indices is not None:
+        m = m.index_select(1, input.unsorted_indices)
+    return dict(zip(suffixes(case), m.squeeze(1) if B == 1 and case.input == "unbatched" else m))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_recurrent_dropout_training_matches_the_cell_loop(case):
+    """Training: h enters each recurrent product as h ⊙ m / (1 - p), one m per
+    sequence and unit for every step, h0 included; the outputs are h."""
+    p = 0.4
+    problem = ModuleProblem(case)
+    ours = seeded(problem, variant(case, recurrent_dropout=p))
+    masks = recurrent_masks(case, problem, p)
+    if case.hx:  # dL/dh0 = (dgates W_hh) ⊙ m / (1 - p): zero where m is
+        stacked = torch.stack(list(masks.values()))
+        assert torch.equal(ours.grads["h0"] == 0, stacked == 0)
+    ref = reference_run(problem, variant(case), {}, 0.0, masks)
+    assert_close_to_reference(ours, ref, **tolerance(case.dtype))
+
+
+@pytest.mark.parametrize("case", [ModuleCase(layers=2, bidirectional=True, proj=3,
+                                             input="packed"),
+                                  ModuleCase(H=70, B=5, dtype=torch.float32)], ids=str)
+def test_recurrent_dropout_without_grad_draws_the_same_masks(case):
+    """In training mode without grad (the inference op) the same seed gives the
+    same masks and the same results as with grad; no layout is kept."""
+    module = variant(case, recurrent_dropout=0.5)
+    problem = ModuleProblem(case)
+    _, h0, c0, input = problem.inputs()
+    hx = (h0.detach(), c0.detach())
+    torch.manual_seed(0)
+    with_grad = module(input, hx)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        without = module(input, hx)
+    for a, b in zip((with_grad[0], *with_grad[1]), (without[0], *without[1])):
+        a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+        torch.testing.assert_close(b, a.detach(), **tolerance(case.dtype))
+    assert module.layout_cache_bytes() == 0
+
+
+def test_options_combine_with_each_other_and_dropout():
+    case = ModuleCase(layers=3, bidirectional=True, proj=3, input="packed", dropout=0.5)
+    module = variant(case, weight_drop=0.5, recurrent_dropout=0.3)
+    problem = ModuleProblem(case)
+    first, again = seeded(problem, module), seeded(problem, module)
+    assert torch.equal(first.y, again.y)
+    assert all(torch.equal(first.grads[k], again.grads[k]) for k in first.grads)
+    for options in ({"weight_drop": 0.5}, {"recurrent_dropout": 0.3}):
+        assert not torch.equal(first.y, seeded(problem, variant(case, **options)).y)
+
+
+def test_recurrent_scale_under_vmap_folds_into_the_batch():
+    """lstm_layer with a per-problem recurrent_scale under vmap (folded into
+    the batch, forward and per-sample gradients) equals a loop of problems."""
+    gen = torch.Generator().manual_seed(0)
+    n, T, B, I, H = 3, 4, 2, 3, 5
+    x = torch.randn(n, T, B, I, generator=gen, dtype=torch.float64)
+    h0, c0 = (torch.randn(n, B, H, generator=gen, dtype=torch.float64) for _ in range(2))
+    scale = torch.randint(0, 2, (n, B, H), generator=gen).double() * 2
+    w_ih, w_hh = (torch.randn(4 * H, k, generator=gen, dtype=torch.float64) for k in (I, H))
+
+    def loss(w_hh, x, h0, c0, s):
+        y, (h, c) = lstm_ext.lstm_layer(x, (h0, c0), w_ih, w_hh, recurrent_scale=s)
+        return y.sin().sum() + h.sum() + c.square().sum()
+    mapped = vmap(grad(loss), in_dims=(None, 0, 0, 0, 0))(w_hh, x, h0, c0, scale)
+    for k in range(n):
+        torch.testing.assert_close(mapped[k], grad(loss)(w_hh, x[k], h0[k], c0[k], scale[k]))
+    ys = vmap(lambda *a: lstm_ext.lstm_layer(a[0], a[1:3], w_ih, w_hh, recurrent_scale=a[3])[0])(
+        x, h0, c0, scale)
+    for k in range(n):
+        torch.testing.assert_close(ys[k], lstm_ext.lstm_layer(
+            x[k], (h0[k], c0[k]), w_ih, w_hh, recurrent_scale=scale[k])[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_recurrent_scale_on_the_emulated_cuda_op(dtype):
+    """The CUDA kernels (emulated) with recurrent_scale: forward, backward and
+    forward-mode tangents as the CPU's, packed input, both directions."""
+    emulated = pytest.importorskip("emulated")
+    gen = torch.Generator().manual_seed(1)
+    batch_sizes = torch.tensor([3, 3, 2, 1])
+    x = torch.randn(9, 4, generator=gen, dtype=dtype)
+    h0, c0 = (torch.randn(3, 6, generator=gen, dtype=dtype) for _ in range(2))
+    w_ih, w_hh = (torch.randn(24, k, generator=gen, dtype=dtype) for k in (4, 6))
+    scale = torch.randint(0, 2, (3, 6), generator=gen).to(dtype) * 2
+    tangents = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (x, h0, w_hh)]
+    for reverse in (False, True):
+        results = []
+        for layer in (lstm_ext.lstm_layer, emulated.lstm_layer):
+            def fn(x, h0, w_hh, layer=layer):
+                y, (h, c) = layer(x, (h0, c0), w_ih, w_hh, batch_sizes=batch_sizes,
+                                  reverse=reverse, recurrent_scale=scale)
+                return y, h, c
+            leaves = [t.clone().requires_grad_() for t in (x, h0, w_hh)]
+            y, h, c = fn(*leaves)
+            grads = torch.autograd.grad(y.sin().sum() + h.sum() + c.square().sum(), leaves)
+            _, tangent = torch.func.jvp(fn, (x, h0, w_hh), tuple(tangents))
+            results.append((y, h, c, *grads, *tangent))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b)
+
+
+def test_recurrent_dropout_refuses_onnx_export_in_training(tmp_path):
+    module = lstm_ext.LSTM(3, 4, recurrent_dropout=0.5)
+    with pytest.raises(RuntimeError, match="recurrent dropout in training mode has no ONNX"):
+        torch.onnx.export(module, (torch.randn(2, 1, 3),), str(tmp_path / "m.onnx"),
+                          dynamo=False, training=torch.onnx.TrainingMode.TRAINING)
+
+
+def test_options_are_kept_by_copies_and_pickles_and_printed():
+    module = lstm_ext.LSTM(3, 4, weight_drop=0.25, recurrent_dropout=0.5)
+    assert "weight_drop=0.25, recurrent_dropout=0.5" in repr(module)
     assert "weight_drop" not in repr(lstm_ext.LSTM(3, 4))
-    assert pickle.loads(pickle.dumps(module)).weight_drop == 0.25
+    copy = pickle.loads(pickle.dumps(module))
+    assert (copy.weight_drop, copy.recurrent_dropout) == (0.25, 0.5)
     state = module.__getstate__()
-    del state["weight_drop"]  # a module pickled before the option existed
+    del state["weight_drop"], state["recurrent_dropout"]  # pickled before the options
     old = lstm_ext.LSTM.__new__(lstm_ext.LSTM)
     old.__setstate__(state)
-    assert old.weight_drop == 0.0
+    assert (old.weight_drop, old.recurrent_dropout) == (0.0, 0.0)
     assert set(module.state_dict()) == set(lstm_ext.LSTM(3, 4).state_dict())
 
 
+@pytest.mark.parametrize("name", ["weight_drop", "recurrent_dropout"])
 @pytest.mark.parametrize("p", [1.0, -0.1, 1.5, True, "0.5", None, float("nan")])
-def test_bad_probabilities_raise_value_error(p):
-    with pytest.raises(ValueError, match="weight_drop should be a number in range"):
-        lstm_ext.LSTM(3, 4, weight_drop=p)
+def test_bad_probabilities_raise_value_error(name, p):
+    with pytest.raises(ValueError, match=f"{name} should be a number in range"):
+        lstm_ext.LSTM(3, 4, **{name: p})
     x = torch.randn(2, 1, 3)
-    with pytest.raises(ValueError, match="weight_drop should be a number in range"):
-        lstm_ext.lstm(x, None, list(lstm_ext.LSTM(3, 4)._flat_weights), weight_drop=p)
+    with pytest.raises(ValueError, match=f"{name} should be a number in range"):
+        lstm_ext.lstm(x, None, list(lstm_ext.LSTM(3, 4)._flat_weights), **{name: p})

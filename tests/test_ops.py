@@ -50,6 +50,38 @@ def test_opcheck_inference(proj, reverse):
     torch.library.opcheck(_ops.lstm_layer_inference, args)
 
 
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_rec_scale(proj, reverse):
+    """Recurrent dropout's scale: the layer (with its autograd rules), and the
+    inference op after its kept layout's four Nones."""
+    args = op_args(proj, True, reverse)
+    scale = torch.randint(0, 2, (B, P if proj else H), dtype=torch.float64) * 2
+    torch.library.opcheck(_ops.lstm_layer, [*args, scale])
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(_ops.lstm_layer_inference, [*detached, None, None, None, None, scale])
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = detached
+    y, _, c_n, gates, cells = _ops.lstm_layer(*detached, scale)
+    saved = (x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse)
+    torch.library.opcheck(_ops.lstm_layer_backward, (torch.randn_like(y), None,
+                                                     torch.randn_like(c_n), *saved, [True] * 4,
+                                                     1, scale))
+    tangents = [torch.randn_like(t) for t in (x, h0, c0, w_ih, w_hh, b_ih)]
+    torch.library.opcheck(_ops.lstm_layer_jvp, (*saved[:7], y, gates, cells, reverse, *tangents,
+                                                None if w_hr is None else torch.randn_like(w_hr),
+                                                scale))
+
+
+def test_bad_rec_scale_raises():
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in op_args()]
+    with pytest.raises(RuntimeError, match=r"rec_scale must have shape \[3, 2\]"):
+        _ops.lstm_layer(*args, torch.ones(B, H, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="rec_scale has dtype Float but x has dtype Double"):
+        _ops.lstm_layer(*args, torch.ones(B, P))
+    with pytest.raises(RuntimeError, match="rec_scale must be 2-D"):
+        _ops.lstm_layer(*args, torch.ones(P, dtype=torch.float64))
+
+
 def stack_args(proj, bias, bidirectional, kept):
     """lstm_inference's arguments for two layers of op_args' sizes (float64)."""
     torch.manual_seed(0)

@@ -12,20 +12,22 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from module_reference import ModuleCase, ModuleProblem, Run
 
 
-def cell(x, h, c, w_ih, w_hh, b, w_hr):
-    """One step of one sequence: (h_t, c_t)."""
-    a = w_ih @ x + w_hh @ h + b
+def cell(x, h, c, w_ih, w_hh, b, w_hr, s):
+    """One step of one sequence: (h_t, c_t); s scales h where it enters the
+    recurrent product (recurrent dropout), or is 1."""
+    a = w_ih @ x + w_hh @ (h * s) + b
     i, f, g, o = a.chunk(4)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
     return (h if w_hr is None else w_hr @ h), c
 
 
-def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dict):
+def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dict, rec: dict):
     """Output (T, B, D * P) time-major, zero past each length, and h_n, c_n
     (L * D, B, *); x is (T, B, I) time-major. `w_hh` gives each layer and
     direction's recurrent weight by its parameters' suffix ("_l0",
-    "_l0_reverse", ...): weight drop's W_hh ⊙ M / (1 - p), or the parameter."""
+    "_l0_reverse", ...): weight drop's W_hh ⊙ M / (1 - p), or the parameter;
+    `rec` its recurrent dropout's m / (1 - p), (B, P), if any."""
     D = 2 if case.bidirectional else 1
     T, B = x.shape[:2]
     h_n, c_n = [], []
@@ -43,7 +45,7 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
                 steps = range(int(lengths[s]))
                 for t in reversed(steps) if d else steps:
                     h, c = cell(inputs[t, s], h, c, params["weight_ih" + sfx], w_hh[sfx], b,
-                                w_hr)
+                                w_hr, rec[sfx][s] if sfx in rec else 1)
                     ys[t] = h
                 hs.append(h)
                 cs.append(c)
@@ -55,10 +57,12 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
     return inputs, torch.stack(h_n), torch.stack(c_n)
 
 
-def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float) -> Run:
+def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float,
+                  rec: dict | None = None) -> Run:
     """ModuleProblem.run's results, loss and gradients from reference_lstm on
     `module`'s parameters (copies), each W_hh times its mask (by suffix;
-    none: W_hh itself) over 1 - p."""
+    none: W_hh itself) over 1 - p; `rec`: recurrent dropout's scales by
+    suffix, (B, P) in the input's sequence order."""
     c = problem.case
     x, h0, c0, _ = problem.inputs(torch.float64)
     params = {name: t.detach().double().requires_grad_() for name, t in module.named_parameters()}
@@ -72,7 +76,8 @@ def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float) ->
     if not batched:
         h0s, c0s = h0s.unsqueeze(1), c0s.unsqueeze(1)
     lengths = problem.lengths if c.input in ("packed", "sorted") else [xs.shape[0]] * xs.shape[1]
-    y, h_n, c_n = reference_lstm(c, xs, lengths, h0s, c0s, params, w_hh)
+    rec = {k: v.double() if batched else v.double().reshape(1, -1) for k, v in (rec or {}).items()}
+    y, h_n, c_n = reference_lstm(c, xs, lengths, h0s, c0s, params, w_hh, rec)
     if c.input in ("packed", "sorted"):
         output = pack_padded_sequence(y, problem.lengths, enforce_sorted=c.input == "sorted")
         y = output.data

@@ -153,6 +153,12 @@ struct Executor {
     passes.add(dst, a, b, n);
   }
 
+  // Few values per step (a step's rows of h): the compiler's loop suffices.
+  template <typename T>
+  void scale(T* dst, const T* a, const math_t* s, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) dst[i] = T(static_cast<math_t>(a[i]) * s[i]);
+  }
+
   // Rows [r0, r1) and units [u0, u1) of one step, gates (row stride 4H) in the
   // gate order: pre-activations less the bias in; their activations out to
   // `activated` (the same layout; it may be gates itself, or null: not kept);

@@ -89,6 +89,10 @@ struct Executor {
     launch(n, add_kernel<scalar_t>, dst, a, b, n);
   }
 
+  void scale(scalar_t* dst, const scalar_t* a, const scalar_t* s, int64_t n) const {
+    launch(n, mul_kernel<scalar_t>, dst, a, s, n);
+  }
+
   // The semantics of cpu::Executor::cell_forward, cell_backward and
   // cell_tangent, in PyTorch's gate order.
   // Its activations go to gates in place: layer.h passes `activated` apart

@@ -112,4 +112,9 @@ __global__ void add_kernel(T* dst, const T* a, const T* b, int64_t n) {
   for_each_element(n, [&](int64_t e) { dst[e] = a[e] + b[e]; });
 }
 
+template <typename T>
+__global__ void mul_kernel(T* dst, const T* a, const T* b, int64_t n) {
+  for_each_element(n, [&](int64_t e) { dst[e] = a[e] * b[e]; });
+}
+
 }  // namespace lstm_ext::cuda
