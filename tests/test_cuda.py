@@ -16,6 +16,7 @@ from reference import Case, Problem, assert_same, in_both_directions_and_dtypes,
 from test_module import GRID as MODULE_GRID
 from test_autograd_modes import primals_and_tangents
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
+from variant_reference import assert_layers_agree_with_recurrent_scale
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -37,6 +38,8 @@ def on_device(device, dtype=None):
         def to(t):
             return None if t is None else t.to(device, dtype or t.dtype)
 
+        kwargs = {k: to(v) if isinstance(v, torch.Tensor) and k != "batch_sizes" else v
+                  for k, v in kwargs.items()}
         y, (h_n, c_n) = lstm_ext.lstm_layer(to(input), tuple(map(to, hx)), *map(to, weights),
                                             **kwargs)
         return y.to("cpu", input.dtype), (h_n.to("cpu", input.dtype), c_n.to("cpu", input.dtype))
@@ -54,6 +57,11 @@ def test_matches_cpu_op(case):
 def test_matches_nn_lstm(case):
     problem = Problem(case)
     assert_same(problem, problem.run_ours(layer=on_device("cuda")), problem.run_torch())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_recurrent_scale_matches_cpu_op(dtype):
+    assert_layers_agree_with_recurrent_scale(on_device("cuda"), lstm_ext.lstm_layer, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -20,7 +20,8 @@ import lstm_ext
 from compile_backend import BACKEND
 from module_reference import INPUTS, ModuleCase, ModuleProblem, twins
 from reference import tolerance
-from variant_reference import assert_close_to_reference, reference_run
+from variant_reference import (assert_close_to_reference,
+                               assert_layers_agree_with_recurrent_scale, reference_run)
 
 CASES = [
     ModuleCase(layers=layers, bidirectional=bidirectional, proj=proj, input=input,
@@ -298,27 +299,7 @@ def test_recurrent_scale_on_the_emulated_cuda_op(dtype):
     """The CUDA kernels (emulated) with recurrent_scale: forward, backward and
     forward-mode tangents as the CPU's, packed input, both directions."""
     emulated = pytest.importorskip("emulated")
-    gen = torch.Generator().manual_seed(1)
-    batch_sizes = torch.tensor([3, 3, 2, 1])
-    x = torch.randn(9, 4, generator=gen, dtype=dtype)
-    h0, c0 = (torch.randn(3, 6, generator=gen, dtype=dtype) for _ in range(2))
-    w_ih, w_hh = (torch.randn(24, k, generator=gen, dtype=dtype) for k in (4, 6))
-    scale = torch.randint(0, 2, (3, 6), generator=gen).to(dtype) * 2
-    tangents = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (x, h0, w_hh)]
-    for reverse in (False, True):
-        results = []
-        for layer in (lstm_ext.lstm_layer, emulated.lstm_layer):
-            def fn(x, h0, w_hh, layer=layer):
-                y, (h, c) = layer(x, (h0, c0), w_ih, w_hh, batch_sizes=batch_sizes,
-                                  reverse=reverse, recurrent_scale=scale)
-                return y, h, c
-            leaves = [t.clone().requires_grad_() for t in (x, h0, w_hh)]
-            y, h, c = fn(*leaves)
-            grads = torch.autograd.grad(y.sin().sum() + h.sum() + c.square().sum(), leaves)
-            _, tangent = torch.func.jvp(fn, (x, h0, w_hh), tuple(tangents))
-            results.append((y, h, c, *grads, *tangent))
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b)
+    assert_layers_agree_with_recurrent_scale(lstm_ext.lstm_layer, emulated.lstm_layer, dtype)
 
 
 def test_recurrent_dropout_refuses_onnx_export_in_training(tmp_path):

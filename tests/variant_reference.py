@@ -103,3 +103,30 @@ def assert_close_to_reference(ours: Run, ref: Run, **tol):
     for name, g in ref.grads.items():
         torch.testing.assert_close(ours.grads[name].double(), g, **tol,
                                    msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+def assert_layers_agree_with_recurrent_scale(layer, other, dtype):
+    """Two implementations of lstm_ext.lstm_layer's signature (CPU and CUDA,
+    real or emulated) agree with a recurrent_scale: outputs, gradients and
+    forward-mode tangents, packed input, both directions."""
+    gen = torch.Generator().manual_seed(1)
+    batch_sizes = torch.tensor([3, 3, 2, 1])
+    x = torch.randn(9, 4, generator=gen, dtype=dtype)
+    h0, c0 = (torch.randn(3, 6, generator=gen, dtype=dtype) for _ in range(2))
+    w_ih, w_hh = (torch.randn(24, k, generator=gen, dtype=dtype) for k in (4, 6))
+    scale = torch.randint(0, 2, (3, 6), generator=gen).to(dtype) * 2
+    tangents = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (x, h0, w_hh)]
+    for reverse in (False, True):
+        results = []
+        for run in (layer, other):
+            def fn(x, h0, w_hh, run=run):
+                y, (h, c) = run(x, (h0, c0), w_ih, w_hh, batch_sizes=batch_sizes,
+                                reverse=reverse, recurrent_scale=scale)
+                return y, h, c
+            leaves = [t.clone().requires_grad_() for t in (x, h0, w_hh)]
+            y, h, c = fn(*leaves)
+            grads = torch.autograd.grad(y.sin().sum() + h.sum() + c.square().sum(), leaves)
+            _, tangent = torch.func.jvp(fn, (x, h0, w_hh), tuple(tangents))
+            results.append((y, h, c, *grads, *tangent))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b)
