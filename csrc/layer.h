@@ -48,8 +48,8 @@
 #include "types.h"
 
 #include <ATen/ops/add.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -155,18 +155,33 @@ void scale_rows(const Ex& ex, T* dst, const T* src, const M* s, int64_t first, i
 }
 
 // Every step's rows of a (rows, P) buffer times s (row r of a step is
-// sequence r), as the forward's step phase makes them: in math_t, rounded
-// back to the buffer's dtype. For the backward's and tangents' products with
-// h_{t-1} ⊙ s; h0 ⊙ s is the same with one step.
-inline Tensor scaled_by_sequence(const Steps& steps, const Tensor& rows, const Tensor& s) {
-  std::vector<Tensor> parts;
-  parts.reserve(steps.count());
-  for (int64_t t = 0; t < steps.count(); ++t) parts.push_back(s.narrow(0, 0, steps.size(t)));
-  return at::mul(rows.to(s.scalar_type()), at::cat(parts)).to(rows.scalar_type());
+// sequence r), as the forward's step phase makes them (ex.scale): for the
+// backward's and tangents' products with h_{t-1} ⊙ s. One more buffer of the
+// output's size.
+template <typename Ex>
+Tensor scaled_by_sequence(const Ex& ex, const Steps& steps, const Tensor& rows, const Tensor& s) {
+  using scalar_t = typename Ex::scalar_t;
+  using math_t = typename Ex::math_t;
+  const int64_t P = rows.size(1);
+  Tensor out = at::empty_like(rows);
+  for (int64_t t = 0; t < steps.count(); ++t) {
+    const int64_t off = steps.offset(t) * P;
+    ex.scale(ptr<scalar_t>(out) + off, ptr<const scalar_t>(rows) + off, ptr<const math_t>(s),
+             steps.size(t) * P);
+  }
+  return out;
 }
 
+// h0 ⊙ s (h0 itself without s), rounded as ex.scale rounds.
 inline Tensor scaled_state(const Tensor& h0, const Tensor& s) {
   return s.defined() ? at::mul(h0.to(s.scalar_type()), s).to(h0.scalar_type()) : h0;
+}
+
+// r as read from a per-sequence buffer (row r is sequence r's latest state)
+// instead of the previous step's rows.
+inline StepRows per_sequence(StepRows r) {
+  r.prev = 0;
+  return r;
 }
 
 // The gates' product of one step for units [a, b), rows [r.first, r.rows):
@@ -207,11 +222,12 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
            : lay_out_forward(ex, w_ih, w_hh, b_ih, b_hh, w_hr);
   const Rows<const scalar_t> x_rows(x);
   const Rows<const math_t> c0_rows(to_math<Ex>(c0));
-  // With recurrent dropout the recurrent product reads h_{t-1} ⊙ s: rows of
-  // y_rec, which each step's last phase makes from y, and h0 ⊙ s.
+  // With recurrent dropout the recurrent product reads h_{t-1} ⊙ s: row r of
+  // y_rec (sequence r's, made from y by each step's last phase, after the
+  // product of the step has read it), or of h0 ⊙ s.
   const Tensor s = recurrent_scale<Ex>(rec_scale);
   const Rows<const scalar_t> h0_rows(scaled_state(h0, s));
-  const Rows<scalar_t> y_rec(s.defined() ? at::empty({d.rows, P}, opts) : Tensor());
+  const Rows<scalar_t> y_rec(s.defined() ? at::empty({d.batch, P}, opts) : Tensor());
   // A block's rows start as their input projection; each step adds h W_hh^T,
   // and its cell pass adds the bias and writes the activations to `activated`.
   const int64_t block = save && !reduced ? d.rows : block_rows(G, d.batch);
@@ -242,7 +258,8 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       math_t* c_prev = save ? cells.at(r.prev) : cells.data;
       math_t* c_out = save ? cells.at(r.off) : cells.data;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
-        recurrent_product(ex, r, a, b, P, G, y_rec ? y_rec : y, h0_rows, w_hh_t, gates_t);
+        recurrent_product(ex, y_rec ? per_sequence(r) : r, a, b, P, G, y_rec ? y_rec : y,
+                          h0_rows, w_hh_t, gates_t);
         ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t,
                         activated ? activated.at(r.off) : nullptr, bias_p, c_prev, c0_rows.data,
                         c_out, h_raw ? h_raw.data : y.at(r.off));
@@ -261,8 +278,7 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       }
     };
     const auto recurrent_input = [&](const StepRows& r, int64_t p0, int64_t p1) {
-      scale_rows(ex, y_rec.at(r.off), y.at(r.off), ptr<const math_t>(s), r.first, r.rows, p0, p1,
-                 P);
+      scale_rows(ex, y_rec.data, y.at(r.off), ptr<const math_t>(s), r.first, r.rows, p0, p1, P);
     };
     run_steps(ex, steps, blk, false, flops_per_row, H,
               phase(H, ex.unit_align(), gates_and_cells),
@@ -328,7 +344,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   // With recurrent dropout, dL/dh_{t-1} through the recurrent product is
   // (dgates W_hh) ⊙ s, and dW_hh sums dgates^T (h_{t-1} ⊙ s).
   const Tensor s = recurrent_scale<Ex>(rec_scale);
-  const Tensor h_prev = s.defined() && mask.weights ? scaled_by_sequence(steps, y, s) : y;
+  const Tensor h_prev = s.defined() && mask.weights ? scaled_by_sequence(ex, steps, y, s) : y;
   const Tensor h0_prev = s.defined() && mask.weights ? scaled_state(h0, s) : h0;
   const scalar_t* w_hr_b = ptr<const scalar_t>(w.hr);
 
@@ -445,7 +461,7 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   if (tan.w_ih.has_value()) add_product(x, *tan.w_ih);
   if (tan.w_hh.has_value()) {
     const Tensor w_t = ex.weights(tan.w_hh->t(), Gates::columns);
-    const Tensor h_prev = s.defined() ? scaled_by_sequence(steps, y, s) : y;
+    const Tensor h_prev = s.defined() ? scaled_by_sequence(ex, steps, y, s) : y;
     const Tensor h0_prev = scaled_state(h0, s);
     // Each run's rows get their first product here if nothing came before.
     for_each_previous_state_run(steps, 0, steps.count(), [&](int64_t row, int64_t count,
@@ -464,7 +480,7 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const Rows<scalar_t> t_cells(at::empty({d.rows, H}, opts));
   const Rows<const scalar_t> t_h0(scaled_state(
       tan.h0.has_value() ? *tan.h0 : at::zeros({d.batch, P}, opts), s));
-  const Rows<scalar_t> t_y_rec(s.defined() ? at::empty({d.rows, P}, opts) : Tensor());
+  const Rows<scalar_t> t_y_rec(s.defined() ? at::empty({d.batch, P}, opts) : Tensor());
   const Rows<const scalar_t> t_c0(tan.c0.has_value() ? *tan.c0 : at::zeros({d.batch, H}, opts));
   // With a projection, per sequence: the tangent of h_t before it, and h_t
   // itself when the projection's weight has a tangent.
@@ -480,7 +496,8 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
     scalar_t* t_gates_t = t_gates.at(r.off);
     for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
-      recurrent_product(ex, r, a, b, P, G, t_y_rec ? t_y_rec : t_y, t_h0, w_hh_t, t_gates_t);
+      recurrent_product(ex, t_y_rec ? per_sequence(r) : r, a, b, P, G, t_y_rec ? t_y_rec : t_y,
+                        t_h0, w_hh_t, t_gates_t);
       ex.cell_tangent(r.first, r.rows, a, b, r.carried, H, gates_rows.at(r.off),
                       cells_rows.at(r.off), cells_rows.at(r.prev), c0_p,
                       t_bias, t_gates_t, t_cells.at(r.prev), t_c0.data, t_cells.at(r.off),
@@ -497,8 +514,8 @@ LayerOutputs layer_jvp(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
     }
   };
   const auto recurrent_input = [&](const StepRows& r, int64_t p0, int64_t p1) {
-    scale_rows(ex, t_y_rec.at(r.off), t_y.at(r.off), ptr<const scalar_t>(s), r.first, r.rows, p0,
-               p1, P);
+    scale_rows(ex, t_y_rec.data, t_y.at(r.off), ptr<const scalar_t>(s), r.first, r.rows, p0, p1,
+               P);
   };
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
   run_steps(ex, steps, Block{0, steps.count(), d.rows, 0}, false, flops_per_row, H,

@@ -19,10 +19,10 @@ def _saved_cells_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _check_fake(x, batch_sizes, tensors):
+def _check_fake(x, batch_sizes, tensors, h0=None, rec_scale=None):
     """What the kernels check first and shapes alone can tell: without it, fake
-    (and meta) tensors of mixed devices or dtypes would pass where the kernels
-    raise."""
+    (and meta) tensors of mixed devices or dtypes, or a rec_scale not of h0's
+    shape, would pass where the kernels raise."""
     for name, t in tensors.items():
         if t is None:
             continue
@@ -33,12 +33,16 @@ def _check_fake(x, batch_sizes, tensors):
     torch._check(x.dim() == 2, lambda: f"lstm_layer: x must be 2-D, got {x.dim()}-D")
     torch._check(batch_sizes.device.type == "cpu" and batch_sizes.dtype == torch.int64,
                  lambda: "lstm_layer: batch_sizes must be an int64 CPU tensor")
+    if rec_scale is not None:
+        torch._check(rec_scale.shape == h0.shape,
+                     lambda: f"lstm_layer: rec_scale must have shape {list(h0.shape)}, got "
+                             f"{list(rec_scale.shape)}")
 
 
 def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                      rec_scale=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                                     w_hr=w_hr, rec_scale=rec_scale))
+                                     w_hr=w_hr, rec_scale=rec_scale), h0, rec_scale)
     rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
     return (
         x.new_empty(rows, out),
@@ -75,7 +79,7 @@ def _lstm_inference_fake(x, batch_sizes, h0, c0, weights, kept, has_biases, num_
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
                               gates, cells, reverse, output_mask, groups=1, rec_scale=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y,
-                                     rec_scale=rec_scale))
+                                     rec_scale=rec_scale), h0, rec_scale)
     _check_saved_fake(x, gates, cells)
     want_input, want_weights, want_bias, want_proj = output_mask
 
@@ -97,7 +101,7 @@ def _lstm_layer_jvp_fake(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cel
                          dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, rec_scale=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, dx=dx,
                                      dh0=dh0, dc0=dc0, dw_ih=dw_ih, dw_hh=dw_hh, db=db,
-                                     dw_hr=dw_hr, rec_scale=rec_scale))
+                                     dw_hr=dw_hr, rec_scale=rec_scale), h0, rec_scale)
     _check_saved_fake(x, gates, cells)
     return y.new_empty(y.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 

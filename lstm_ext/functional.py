@@ -56,6 +56,10 @@ def lstm_layer(
         raise ValueError(
             f"lstm_layer: padded input must be 3-D (T, B, I), got shape {tuple(input.shape)}"
         )
+    if recurrent_scale is not None and recurrent_scale.requires_grad:
+        raise RuntimeError(
+            "lstm_layer: recurrent_scale is a constant (recurrent dropout's mask over 1 - p) "
+            "and gets no gradient; pass recurrent_scale.detach()")
     if torch.onnx.is_in_onnx_export():
         if recurrent_scale is not None:
             raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
@@ -251,12 +255,11 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
 def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
            rec_scale=None):
     """The op on packed ``x``: ``(y, h_n, c_n)``. With a kept layout the layer
-    is known to run the eager inference op (eager_inference): straight to it
-    (never with recurrent dropout, whose calls keep no layout)."""
+    is known to run the eager inference op (eager_inference): straight to it."""
     if laid_out:
         with torch._C._AutoDispatchBelowAutograd():
             return _ops.lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                             w_hr, reverse, *laid_out)
+                                             w_hr, reverse, *laid_out, rec_scale)
     return _ops.layer_entry(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                             rec_scale)
 

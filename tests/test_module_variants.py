@@ -7,6 +7,7 @@ weight_hh's gradient is not zero) or drawn again from the same seed as
 lstm_ext.lstm draws them (recurrent dropout's), and given to the reference;
 where h0 has a gradient, it shows the recurrent dropout mask too."""
 
+import dataclasses
 import itertools
 import math
 import pickle
@@ -261,14 +262,24 @@ def test_recurrent_dropout_without_grad_draws_the_same_masks(case):
 
 
 def test_options_combine_with_each_other_and_dropout():
-    case = ModuleCase(layers=3, bidirectional=True, proj=3, input="packed", dropout=0.5)
-    module = variant(case, weight_drop=0.5, recurrent_dropout=0.3)
+    """weight_drop and recurrent_dropout together against the cell loop, each
+    mask read off its gradient (weight_hh's, h0's); with dropout between
+    layers too, seeded runs repeat."""
+    case = ModuleCase(layers=2, bidirectional=True, proj=3, input="packed")
     problem = ModuleProblem(case)
+    ours = seeded(problem, variant(case, weight_drop=0.5, recurrent_dropout=0.3))
+    masks = {s: (ours.grads["weight_hh" + s] != 0).double() for s in suffixes(case)}
+    scales = dict(zip(suffixes(case), (ours.grads["h0"] != 0).double() / 0.7))
+    for mask in (*masks.values(), *scales.values()):
+        assert 0 < (mask != 0).double().mean() < 1
+    ref = reference_run(problem, variant(case), masks, 0.5, scales)
+    assert_close_to_reference(ours, ref, **tolerance(case.dtype))
+    dropping = dataclasses.replace(case, layers=3, dropout=0.5)
+    module = variant(dropping, weight_drop=0.5, recurrent_dropout=0.3)
+    problem = ModuleProblem(dropping)
     first, again = seeded(problem, module), seeded(problem, module)
     assert torch.equal(first.y, again.y)
     assert all(torch.equal(first.grads[k], again.grads[k]) for k in first.grads)
-    for options in ({"weight_drop": 0.5}, {"recurrent_dropout": 0.3}):
-        assert not torch.equal(first.y, seeded(problem, variant(case, **options)).y)
 
 
 def test_recurrent_scale_under_vmap_folds_into_the_batch():
@@ -292,6 +303,23 @@ def test_recurrent_scale_under_vmap_folds_into_the_batch():
     for k in range(n):
         torch.testing.assert_close(ys[k], lstm_ext.lstm_layer(
             x[k], (h0[k], c0[k]), w_ih, w_hh, recurrent_scale=scale[k])[0])
+
+    # One scale shared by the problems (not mapped), and Jacobians by forward
+    # mode under vmap (the tangent op's batching rule).
+    def last_h(x, h0, s):
+        return lstm_ext.lstm_layer(x, (h0, c0[0]), w_ih, w_hh, recurrent_scale=s)[1][0]
+    shared = vmap(last_h, in_dims=(0, 0, None))(x, h0, scale[0])
+    jacobians = vmap(torch.func.jacfwd(last_h), in_dims=(0, 0, None))(x, h0, scale[0])
+    for k in range(n):
+        torch.testing.assert_close(shared[k], last_h(x[k], h0[k], scale[0]))
+        torch.testing.assert_close(jacobians[k], torch.func.jacrev(last_h)(x[k], h0[k], scale[0]))
+
+
+def test_recurrent_scale_is_a_constant():
+    x, w_ih, w_hh = torch.randn(3, 2, 4), torch.randn(20, 4), torch.randn(20, 5)
+    with pytest.raises(RuntimeError, match="recurrent_scale is a constant"):
+        lstm_ext.lstm_layer(x, None, w_ih, w_hh, recurrent_scale=torch.ones(2, 5,
+                                                                            requires_grad=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

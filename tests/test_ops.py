@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lstm_ext
 from compile_backend import BACKEND
@@ -80,6 +81,10 @@ def test_bad_rec_scale_raises():
         _ops.lstm_layer(*args, torch.ones(B, P))
     with pytest.raises(RuntimeError, match="rec_scale must be 2-D"):
         _ops.lstm_layer(*args, torch.ones(P, dtype=torch.float64))
+    with FakeTensorMode() as mode:  # what torch.compile traces with
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=r"rec_scale must have shape \[3, 2\]"):
+            _ops.lstm_layer(*fake, mode.from_tensor(torch.ones(B, H, dtype=torch.float64)))
 
 
 def stack_args(proj, bias, bidirectional, kept):

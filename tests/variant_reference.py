@@ -108,20 +108,22 @@ def assert_close_to_reference(ours: Run, ref: Run, **tol):
 def assert_layers_agree_with_recurrent_scale(layer, other, dtype):
     """Two implementations of lstm_ext.lstm_layer's signature (CPU and CUDA,
     real or emulated) agree with a recurrent_scale: outputs, gradients and
-    forward-mode tangents, packed input, both directions."""
+    forward-mode tangents, packed input, a projection, both directions."""
     gen = torch.Generator().manual_seed(1)
     batch_sizes = torch.tensor([3, 3, 2, 1])
     x = torch.randn(9, 4, generator=gen, dtype=dtype)
-    h0, c0 = (torch.randn(3, 6, generator=gen, dtype=dtype) for _ in range(2))
-    w_ih, w_hh = (torch.randn(24, k, generator=gen, dtype=dtype) for k in (4, 6))
-    scale = torch.randint(0, 2, (3, 6), generator=gen).to(dtype) * 2
+    h0 = torch.randn(3, 5, generator=gen, dtype=dtype)
+    c0 = torch.randn(3, 6, generator=gen, dtype=dtype)
+    w_ih, w_hh = (torch.randn(24, k, generator=gen, dtype=dtype) for k in (4, 5))
+    w_hr = torch.randn(5, 6, generator=gen, dtype=dtype)
+    scale = torch.randint(0, 2, (3, 5), generator=gen).to(dtype) * 2
     tangents = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (x, h0, w_hh)]
     for reverse in (False, True):
         results = []
         for run in (layer, other):
             def fn(x, h0, w_hh, run=run):
-                y, (h, c) = run(x, (h0, c0), w_ih, w_hh, batch_sizes=batch_sizes,
-                                reverse=reverse, recurrent_scale=scale)
+                y, (h, c) = run(x, (h0, c0), w_ih, w_hh, None, None, w_hr,
+                                batch_sizes=batch_sizes, reverse=reverse, recurrent_scale=scale)
                 return y, h, c
             leaves = [t.clone().requires_grad_() for t in (x, h0, w_hh)]
             y, h, c = fn(*leaves)
