@@ -53,7 +53,7 @@ class DropWeight(nn.Module):
 
 def weight_drop_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    kwargs = dict(num_layers=config.layers, bidirectional=config.bidirectional)
+    kwargs = {"num_layers": config.layers, "bidirectional": config.bidirectional}
     plain = lstm_ext.LSTM(config.I, config.H, **kwargs)
     ours = lstm_ext.LSTM(config.I, config.H, **kwargs, weight_drop=p)
     theirs = nn.LSTM(config.I, config.H, **kwargs)

@@ -61,7 +61,7 @@ def test_opcheck_rec_scale(proj, reverse):
     torch.library.opcheck(_ops.lstm_layer, [*args, scale])
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     torch.library.opcheck(_ops.lstm_layer_inference, [*detached, None, None, None, None, scale])
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = detached
+    x, bs, h0, c0, w_ih, w_hh, b_ih, _, w_hr, reverse = detached
     y, _, c_n, gates, cells = _ops.lstm_layer(*detached, scale)
     saved = (x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse)
     torch.library.opcheck(_ops.lstm_layer_backward, (torch.randn_like(y), None,

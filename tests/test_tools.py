@@ -117,6 +117,22 @@ def test_phases_profile_adds_up(dtype, tmp_path):
     assert refused.returncode != 0 and "one plain layer" in refused.stderr
 
 
+def test_variants_benchmark_prints_each_option(tmp_path):
+    """benchmarks/variants.py on a tiny layer: one row per option, each with its
+    time over plain lstm_ext and today's way's over it."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--threads",
+                           "1", "--min-run-time", "0.05", "--config", "B=2,T=3,I=4,H=5"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| B=2 T=3 I=4 H=5 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["weight_drop=0.5",
+                                                          "recurrent_dropout=0.5"]
+    for row in rows:
+        plain, option, over_plain, today, over_option = row.split("|")[3:8]
+        assert float(plain) > 0 and float(option) > 0 and float(today) > 0
+        assert float(over_plain.strip(" x")) > 0 and float(over_option.strip(" x")) > 0
+
+
 def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     """Both ways a machine can lack a GPU: no nvidia-smi, or one that lists a GPU torch
     cannot see."""

@@ -121,7 +121,7 @@ def assert_layers_agree_with_recurrent_scale(layer, other, dtype):
     for reverse in (False, True):
         results = []
         for run in (layer, other):
-            def fn(x, h0, w_hh, run=run):
+            def fn(x, h0, w_hh, run=run, reverse=reverse):
                 y, (h, c) = run(x, (h0, c0), w_ih, w_hh, None, None, w_hr,
                                 batch_sizes=batch_sizes, reverse=reverse, recurrent_scale=scale)
                 return y, h, c
