@@ -123,8 +123,8 @@ def main():
 
     results = []
     for mode, config, dtype, ours_fn, theirs_fn in ROWS:
-        models = {name: m.to(dtype) for name, m in measure.models(config).items()}
-        x = measure.inputs(config)[0].detach().to(dtype)
+        models = measure.models(config, dtype, "cpu")
+        x = measure.inputs(config, dtype, "cpu")[0].detach()
         ours = ours_fn(models["lstm_ext"], x)
         if theirs_fn is None:
             theirs, other = _per_sample_loop(models["lstm_ext"], x), "lstm_ext loop"

@@ -126,18 +126,24 @@ void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Ten
   }
 }
 
-void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batch_sizes,
-                         const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
-                         int64_t groups) {
+void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& dy,
+                         const OptTensor& dh_n, const OptTensor& dc_n, int64_t groups,
+                         const OptTensor& problems) {
   check_optional(dy, "dy", {d.rows, d.out}, x);
   check_optional(dh_n, "dh_n", {d.batch, d.out}, x);
   check_optional(dc_n, "dc_n", {d.batch, d.hidden}, x);
   TORCH_CHECK(groups >= 1, "lstm_layer_backward: groups must be positive, got ", groups);
-  const Tensor sizes = batch_sizes.contiguous();
-  const auto* bs = sizes.const_data_ptr<int64_t>();
-  for (int64_t t = 0; t < sizes.numel(); ++t) {
-    TORCH_CHECK(bs[t] % groups == 0, "lstm_layer_backward: batch_sizes[", t, "] = ", bs[t],
-                " is not a multiple of groups = ", groups);
+  if (!problems.has_value()) return;
+  TORCH_CHECK(problems->dim() == 1 && problems->size(0) == d.batch &&
+                  problems->scalar_type() == at::kLong && problems->device().is_cpu(),
+              "lstm_layer_backward: problems must be a 1-D int64 CPU tensor of ", d.batch,
+              " values (one per sequence), got shape ", problems->sizes(), ", ",
+              problems->scalar_type(), " on ", problems->device());
+  const Tensor p = problems->contiguous();
+  const auto* values = p.const_data_ptr<int64_t>();
+  for (int64_t s = 0; s < d.batch; ++s) {
+    TORCH_CHECK(values[s] >= 0 && values[s] < groups, "lstm_layer_backward: problems[", s,
+                "] = ", values[s], " is not in [0, groups = ", groups, ")");
   }
 }
 

@@ -118,12 +118,12 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                        const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
-                       int64_t groups, const OptTensor& rec_scale) {
+                       int64_t groups, const OptTensor& rec_scale, const OptTensor& problems) {
   const LayerDims d =
       check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   check_device_and_dtype(x, device);
   check_saved(d, x, y, gates, cells);
-  check_backward_args(d, x, batch_sizes, dy, dh_n, dc_n, groups);
+  check_backward_args(d, x, dy, dh_n, dc_n, groups, problems);
   check_rec_scale(d, x, rec_scale);
   const auto dtype = x.scalar_type();
   // Natively, the gradients are float inside; upcast, float throughout.
@@ -135,14 +135,14 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
         device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
         h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
         to_float(w_hr), y.to(at::kFloat), gates.to(at::kFloat), cells, reverse, output_mask,
-        groups, to_float(rec_scale)));
+        groups, to_float(rec_scale), problems));
   };
   return in_dtype<Executor, true, LayerGrads>(dtype, upcast, [&](auto& ex) {
     return in_dtype_of_x(layer_backward(
         ex, d, Steps(batch_sizes.contiguous(), reverse), grad_mask(output_mask, w_hr.has_value()),
         dy, dh_n, dc_n, x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), y.contiguous(), gates.contiguous(),
-        cells.contiguous(), groups, rec_scale));
+        cells.contiguous(), groups, rec_scale, contiguous(problems)));
   });
 }
 
@@ -321,10 +321,12 @@ struct DeviceOps {
                              const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                              const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                              const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
-                             int64_t groups, const OptTensor& rec_scale) {
+                             int64_t groups, const OptTensor& rec_scale,
+                             const OptTensor& problems) {
     const Guard guard(x);
     return backward_op<Executor>(device, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                                 w_hr, y, gates, cells, reverse, output_mask, groups, rec_scale);
+                                 w_hr, y, gates, cells, reverse, output_mask, groups, rec_scale,
+                                 problems);
   }
 
   static LayerOutputs jvp(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,

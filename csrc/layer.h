@@ -48,6 +48,7 @@
 #include "types.h"
 
 #include <ATen/ops/add.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mul.h>
@@ -57,6 +58,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 namespace lstm_ext {
 
@@ -291,16 +293,66 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
           cells.tensor};
 }
 
-// `groups` as in the backward op's schema: the weight and bias gradients of
-// problem g sum the rows g, g + groups, g + 2 groups, ... (rows of a step are
-// its sequences, so row r belongs to sequence r % groups's problem).
+// With groups > 1, where each block's rows go for the per-problem products:
+// row i of the block to slot[i] of (groups * most) rows, problem g's at
+// [g * most, (g + 1) * most), the slots no row takes left zero. Row r of a
+// step (sequence r) belongs to problem problems[r], or without `problems`
+// (null) r % groups.
+struct ProblemSlots {
+  Tensor slot;
+  int64_t groups, most;
+};
+
+inline ProblemSlots problem_slots(const Steps& steps, int64_t t0, int64_t t1, int64_t row0,
+                                  int64_t rows, int64_t groups, const int64_t* problems,
+                                  const c10::Device& device) {
+  const auto problem = [&](int64_t r) { return problems ? problems[r] : r % groups; };
+  std::vector<int64_t> count(groups, 0);
+  Tensor slot = at::empty({rows}, at::kLong);
+  auto* s = slot.data_ptr<int64_t>();
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t r = 0; r < steps.size(t); ++r) s[steps.offset(t) + r - row0] = count[problem(r)]++;
+  }
+  const int64_t most = *std::max_element(count.begin(), count.end());
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t r = 0; r < steps.size(t); ++r) s[steps.offset(t) + r - row0] += problem(r) * most;
+  }
+  return {slot.to(device), groups, most};
+}
+
+// A block's rows (rows, width) problem by problem: (groups, most, width) in `dtype`.
+inline Tensor by_problem(const Tensor& rows, const ProblemSlots& slots, at::ScalarType dtype) {
+  return at::zeros({slots.groups * slots.most, rows.size(1)}, rows.options().dtype(dtype))
+      .index_copy_(0, slots.slot, rows.to(dtype))
+      .view({slots.groups, slots.most, rows.size(1)});
+}
+
+// Each of the block's rows' previous state (the h_{t-1} its gates multiplied),
+// gathered into (rows, P).
+template <typename Ex>
+Tensor previous_states(Ex& ex, const Steps& steps, int64_t t0, int64_t t1, const Block& blk,
+                       const Tensor& h_prev, const Tensor& h0_prev) {
+  using scalar_t = typename Ex::scalar_t;
+  const int64_t P = h_prev.size(1);
+  Tensor prev = at::empty({blk.rows, P}, h_prev.options());
+  for_each_previous_state_run(steps, t0, t1, [&](int64_t row, int64_t count, bool from_y,
+                                                 int64_t source) {
+    ex.copy(ptr<scalar_t>(prev) + (row - blk.row0) * P,
+            ptr<const scalar_t>(from_y ? h_prev : h0_prev) + source * P, count * P);
+  });
+  return prev;
+}
+
+// `groups` and `problems` as in the backward op's schema: the weight and bias
+// gradients of problem g sum the rows of its sequences (rows of a step are
+// its sequences: row r is sequence r's, by default in problem r % groups).
 template <typename Ex>
 LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const GradMask& mask,
                           const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
                           const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                           const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
                           const Tensor& gates, const Tensor& cells, int64_t groups,
-                          const OptTensor& rec_scale) {
+                          const OptTensor& rec_scale, const OptTensor& problems) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -350,18 +402,17 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
 
   Tensor dx = mask.input ? at::empty({d.rows, d.input}, math_opts) : Tensor();
   Tensor dw_ih, dw_hh, db, dw_hr;
-  // C[g] (+)= A[g]^T B[g] over `rows` rows of each problem g: A and B are
-  // (rows, m) and (rows, n), and a problem's rows are every groups-th one.
+  // C (+)= A^T B over `rows` rows: A and B are (rows, m) and (rows, n).
   const auto weight_grad = [&](Tensor& c, int64_t m, int64_t n, int64_t rows, const scalar_t* a,
                                const scalar_t* b) {
     const bool accumulate = c.defined();
-    if (!accumulate) {
-      c = groups > 1 ? at::empty({groups, m, n}, math_opts) : at::empty({m, n}, math_opts);
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      ex.weight_gemm(m, n, rows / groups, a + g * m, m * groups, b + g * n, n * groups,
-                     ptr<math_t>(c) + g * m * n, n, accumulate);
-    }
+    if (!accumulate) c = at::empty({m, n}, math_opts);
+    ex.weight_gemm(m, n, rows, a, m, b, n, ptr<math_t>(c), n, accumulate);
+  };
+  // Per problem (groups > 1), C[g] (+)= A[g]^T B[g], one batch of products
+  // over by_problem's (groups, most, ·) rows; a_t is A transposed.
+  const auto problem_weight_grad = [](Tensor& c, const Tensor& a_t, const Tensor& b) {
+    c = c.defined() ? c.baddbmm_(a_t, b) : at::bmm(a_t, b);
   };
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
@@ -404,11 +455,33 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       ex.sequence_gemm(blk.rows, d.input, G, dgates.data, G, ptr<const scalar_t>(w.ih),
                        ptr<math_t>(dx) + blk.row0 * d.input, d.input, false);
     }
+    const int64_t t0 = std::min(steps.time(blk.begin), steps.time(blk.end - 1));
+    const int64_t t1 = std::max(steps.time(blk.begin), steps.time(blk.end - 1)) + 1;
+    if (groups > 1) {
+      const ProblemSlots slots = problem_slots(
+          steps, t0, t1, blk.row0, blk.rows, groups,
+          problems.has_value() ? problems->const_data_ptr<int64_t>() : nullptr, x.device());
+      const auto rows = [&](const Tensor& t) { return by_problem(t, slots, math); };
+      const Tensor dgates_t = rows(dgates.tensor.narrow(0, 0, blk.rows)).transpose(1, 2);
+      if (mask.weights) {
+        problem_weight_grad(dw_ih, dgates_t, rows(x.narrow(0, blk.row0, blk.rows)));
+        problem_weight_grad(dw_hh, dgates_t,
+                            rows(previous_states(ex, steps, t0, t1, blk, h_prev, h0_prev)));
+      }
+      if (mask.bias) {
+        const Tensor sum = reduced ? rows(dgates_wide.tensor.narrow(0, 0, blk.rows)).sum(1)
+                                   : dgates_t.sum(2);
+        db = db.defined() ? db.add_(sum) : sum;
+      }
+      if (mask.proj) {
+        problem_weight_grad(dw_hr, rows(dy_total.tensor.narrow(0, 0, blk.rows)).transpose(1, 2),
+                            rows(h_raw.tensor.narrow(0, 0, blk.rows)));
+      }
+      return;
+    }
     if (mask.weights) {
       weight_grad(dw_ih, G, d.input, blk.rows, dgates.data,
                   ptr<const scalar_t>(x) + blk.row0 * d.input);
-      const int64_t t0 = std::min(steps.time(blk.begin), steps.time(blk.end - 1));
-      const int64_t t1 = std::max(steps.time(blk.begin), steps.time(blk.end - 1)) + 1;
       for_each_previous_state_run(steps, t0, t1, [&](int64_t row, int64_t count, bool from_y,
                                                      int64_t source) {
         weight_grad(dw_hh, G, P, count, dgates.at(row - blk.row0),
@@ -417,9 +490,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
     }
     if (mask.bias) {
       const Tensor block = (reduced ? dgates_wide.tensor : dgates.tensor).narrow(0, 0, blk.rows);
-      const Tensor sum = groups > 1
-                             ? block.view({blk.rows / groups, groups, G}).sum({0}, false, math)
-                             : block.sum({0}, false, math);
+      const Tensor sum = block.sum({0}, false, math);
       db = db.defined() ? db.add_(sum) : sum;
     }
     if (mask.proj) weight_grad(dw_hr, P, H, blk.rows, dy_total.data, h_raw.data);

@@ -50,12 +50,17 @@ inline constexpr const char* kInferenceSchema =
 // the batch is that many independent problems, interleaved (sequence s
 // belongs to problem s % groups): the weight and bias gradients come per
 // problem, with a leading dimension of size groups. This is how vmap runs
-// per-sample gradients in one pass.
+// per-sample gradients in one pass; with groups = B, every sequence of a
+// packed batch of unequal lengths is its own problem (Opacus's per-sample
+// gradients). `problems`, if given, (B,) int64 on the CPU, puts sequence s
+// in problem problems[s] instead (a packed batch's own order back: its
+// sorted_indices).
 inline constexpr const char* kLayerBackwardSchema =
     "lstm_layer_backward(Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, "
     "Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
     "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask, int groups=1, "
-    "Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+    "Tensor? rec_scale=None, Tensor? problems=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // Forward-mode derivative: the tangents of y, h_n and c_n given those of the
 // inputs (None for zero; db is that of b_ih + b_hh) and the forward's results.

@@ -99,11 +99,11 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
 void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Tensor& gates,
                  const Tensor& cells);
 
-// Checks the incoming gradients against the forward dims, and that `groups`
-// divides every step's rows.
-void check_backward_args(const LayerDims& d, const Tensor& x, const Tensor& batch_sizes,
-                         const OptTensor& dy, const OptTensor& dh_n, const OptTensor& dc_n,
-                         int64_t groups);
+// Checks the incoming gradients against the forward dims, that `groups` is
+// positive and `problems`, if given, a problem for each sequence.
+void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& dy,
+                         const OptTensor& dh_n, const OptTensor& dc_n, int64_t groups,
+                         const OptTensor& problems);
 
 // rec_scale, if given, is (batch, P) in x's dtype and on its device.
 void check_rec_scale(const LayerDims& d, const Tensor& x, const OptTensor& rec_scale);

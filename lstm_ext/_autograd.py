@@ -23,6 +23,8 @@ wherever their results could be differentiated.
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 from torch._C import _functorch
 from torch.autograd import forward_ad
@@ -49,6 +51,41 @@ def _innermost(tensors):
             t = _functorch.get_unwrapped(t)
         inner.append(t)
     return inner, False
+
+
+# Where set (lstm_ext/opacus.py sets it around a module's forward), each layer
+# run under autograd takes its weights' gradients per sequence in its backward
+# and passes them to this sink: sink(weights, per_sample), the per-sample
+# gradients times sink.scale, sequence s of the packed batch at
+# sink.problems[s] (None: at s), for the sink to keep or change; autograd
+# gets their sums.
+per_sample_sink: contextvars.ContextVar = contextvars.ContextVar("per_sample_sink",
+                                                                 default=None)
+
+
+def _per_sample_backward(sink, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih,
+                         w_hh, b_ih, b_hh, w_hr, y, gates, cells, reverse, mask, rec_scale):
+    """The backward op with one problem per sequence (groups = B): the
+    results autograd takes, the per-sample weight gradients to the sink. The
+    incoming gradients take sink.scale (and the results autograd takes lose
+    it): they are smaller than the per-sample gradients."""
+    scale = sink.scale
+    if scale != 1:
+        dy, dh_n, dc_n = (None if g is None else g * scale for g in (dy, dh_n, dc_n))
+    groups = h0.shape[0]
+    dx, dh0, dc0, *weights = layer_backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                                            w_hr, y, gates, cells, reverse, mask, groups,
+                                            rec_scale, sink.problems)
+    per_sample = [None if g is None else g if groups > 1 else g.unsqueeze(0) for g in weights]
+    summed = [None if g is None else g.sum(0) for g in per_sample]
+    dw_ih, dw_hh, db, dw_hr = per_sample
+    # Each its own tensor: the sink may change them in place.
+    sink((w_ih, w_hh, b_ih, b_hh, w_hr),
+         (dw_ih, dw_hh, db, None if db is None else db.clone(), dw_hr))
+    if scale != 1:
+        dx, dh0, dc0, *summed = (None if g is None else g.div_(scale)
+                                 for g in (dx, dh0, dc0, *summed))
+    return (dx, dh0, dc0, *summed)
 
 
 def _any_requires_grad(*args) -> bool:
@@ -118,6 +155,7 @@ def _layer_functions(layer, layer_backward, layer_jvp):
             ctx.save_for_forward(*saved)
             ctx.reverse = reverse
             ctx.inputs = len(inputs)
+            ctx.per_sample = per_sample_sink.get()
 
         @staticmethod
         def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
@@ -127,11 +165,19 @@ def _layer_functions(layer, layer_backward, layer_jvp):
                       rec_scale)
             need = ctx.needs_input_grad
             if any(_routes((*inputs[:9], dy, dh_n, dc_n))):
+                if ctx.per_sample is not None:
+                    raise RuntimeError("lstm_ext: per-sample gradients (Opacus) of a backward "
+                                       "that is itself differentiated are not supported")
                 return _composite.vjp(inputs, (dy, dh_n, dc_n), need)[: ctx.inputs]
             mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
-            dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
-                dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-                ctx.reverse, mask, 1, rec_scale)
+            if ctx.per_sample is not None:
+                dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _per_sample_backward(
+                    ctx.per_sample, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0,
+                    w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, ctx.reverse, mask, rec_scale)
+            else:
+                dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
+                    dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
+                    ctx.reverse, mask, 1, rec_scale)
             return (dx, None, dh0 if need[2] else None, dc0 if need[3] else None,
                     dw_ih if need[4] else None, dw_hh if need[5] else None,
                     db if need[6] else None, db if need[7] else None, dw_hr, None,

@@ -77,7 +77,8 @@ def _lstm_inference_fake(x, batch_sizes, h0, c0, weights, kept, has_biases, num_
 
 
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
-                              gates, cells, reverse, output_mask, groups=1, rec_scale=None):
+                              gates, cells, reverse, output_mask, groups=1, rec_scale=None,
+                              problems=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y,
                                      rec_scale=rec_scale), h0, rec_scale)
     _check_saved_fake(x, gates, cells)

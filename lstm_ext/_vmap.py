@@ -82,10 +82,13 @@ def layer_rule(op, rec_scale_at):
 
 def backward_rule(op):
     """lstm_layer_backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
-    cells, reverse, output_mask, groups=1, rec_scale=None): the weight gradients come per
-    problem."""
+    cells, reverse, output_mask, groups=1, rec_scale=None, problems=None): the weight
+    gradients come per problem."""
 
     def run(args, n):
+        if len(args) > 17 and args[17] is not None:
+            raise ValueError("lstm_ext: vmap over lstm_layer_backward with `problems` is not "
+                             "supported (vmap numbers the problems itself)")
         groups = args[15] if len(args) > 15 else 1
         args[15:16] = [groups * n]
         dx, dh0, dc0, *per_problem = op(*args)

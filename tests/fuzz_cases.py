@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import lstm_ext
 import module_reference
 import variant_reference
+from grouped_backward import assert_groups_match_problems_alone
 from reference import tolerance
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -485,3 +486,21 @@ def check_nonfinite_propagates_like_nn_lstm(c: ModuleCase) -> None:
     for a, b in ((out_o, out_r), (h_o, h_r), (c_o, c_r)):
         a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
         torch.testing.assert_close(a, b, equal_nan=True, **tol, msg=lambda m: f"{c}: {m}")
+
+
+def check_grouped_backward(c: ModuleCase) -> None:
+    """The backward op's weight gradients per problem on the case's lengths
+    (sorted, as packed), with one problem per sequence in a shuffled order
+    (lstm_ext.opacus's per-sample gradients) or, for odd seeds, fewer: each
+    equals that problem's backward alone. A bidirectional case runs reversed."""
+    tol = _configure(c)
+    gen = torch.Generator().manual_seed(c.seed)
+    lengths = torch.randint(1, c.T + 1, (c.B,), generator=gen).sort(descending=True)[0]
+    batch_sizes = (lengths.unsqueeze(0) > torch.arange(c.T).unsqueeze(1)).sum(1)
+    per_sequence = c.seed % 2 == 0
+    groups = c.B if per_sequence else 1 + c.seed // 2 % c.B
+    problems = torch.randperm(c.B, generator=gen).tolist() if per_sequence else None
+    assert_groups_match_problems_alone(
+        torch.ops.lstm_ext, groups, reverse=c.bidirectional, proj=c.proj,
+        dtype=DTYPES[c.dtype], tol=tol["rtol"], I=c.I, H=c.H,
+        batch_sizes=batch_sizes[batch_sizes > 0], seed=c.seed, problems=problems)

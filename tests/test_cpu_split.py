@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from cpu_split import SEQUENCES, UNITS, cpu_split
+from grouped_backward import assert_groups_match_problems_alone
+from lstm_ext import _ops
 from reference import Case, Problem, assert_same, tolerance
 
 CASES = [
@@ -71,3 +73,13 @@ def test_bitwise_repeatable(split):
     for again in runs[1:]:
         for a, b in zip(runs[0], again):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
+@pytest.mark.parametrize("reverse", [False, True])
+def test_per_sequence_gradients_on_unequal_lengths(split, reverse):
+    """groups = B on a packed batch of unequal lengths (Opacus's per-sample
+    gradients), with a hidden size each split cuts."""
+    with cpu_split(split):
+        assert_groups_match_problems_alone(_ops, 5, reverse=reverse, proj=66, H=130,
+                                           dtype=torch.float32, tol=1e-3)

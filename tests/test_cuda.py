@@ -10,6 +10,7 @@ import torch
 
 import lstm_ext
 from autograd_modes import fused_only, no_vmap_loops
+from grouped_backward import assert_groups_match_problems_alone
 from module_reference import ModuleProblem, assert_same_results
 from module_reference import twins as module_twins
 from reference import Case, Problem, assert_same, in_both_directions_and_dtypes, tolerance
@@ -287,3 +288,28 @@ def test_runs_on_the_device_of_its_arguments():
     problem = Problem(Case(T=4, B=3, packed=True, proj=2))
     with torch.cuda.device(0):
         assert_same(problem, problem.run_ours(layer=on_device("cuda:1")), problem.run_ours())
+
+
+class _OpsOnTheGPU:
+    """torch.ops.lstm_ext's layer and backward ops run on the GPU for CPU
+    arguments (batch_sizes, the one int64 tensor, stays), results back."""
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.lstm_ext, name)
+
+        def run(*args):
+            args = [a.cuda() if isinstance(a, torch.Tensor) and a.dtype != torch.int64 else a
+                    for a in args]
+            return tuple(None if r is None else r.cpu() for r in op(*args))
+
+        return run
+
+
+@pytest.mark.parametrize("groups, problems", [(5, None), (2, None), (5, [3, 0, 4, 1, 2])])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_groups_on_unequal_lengths(groups, problems, reverse):
+    """Per-problem weight gradients on a packed batch of unequal lengths
+    (lstm_ext.opacus's per-sample gradients): gathered, one batch of cuBLAS
+    products per block."""
+    assert_groups_match_problems_alone(_OpsOnTheGPU(), groups, reverse=reverse, proj=4,
+                                       tol=1e-10, problems=problems)

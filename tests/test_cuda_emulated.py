@@ -9,6 +9,7 @@ import torch
 
 import emulated
 import lstm_ext
+from grouped_backward import assert_groups_match_problems_alone
 from lstm_ext._checks import unpack_group
 from reference import Case, Problem, assert_same, in_both_directions_and_dtypes
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
@@ -120,3 +121,13 @@ def test_decode_stack_matches_cpu_op(kept, dtype):
         tol = dict(rtol=1e-5, atol=1e-5)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("groups, problems", [(5, None), (2, None), (5, [3, 0, 4, 1, 2])])
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_groups_on_unequal_lengths(groups, problems, proj, reverse):
+    """The gathered per-problem weight gradients (csrc/layer.h) through the
+    CUDA executor."""
+    assert_groups_match_problems_alone(torch.ops.lstm_ext_emu, groups, reverse=reverse,
+                                       proj=4 * proj, problems=problems)

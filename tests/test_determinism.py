@@ -56,3 +56,34 @@ def test_bitwise_identical_inference_runs(T, B, H, P, dtype):
             again = lstm(x, hx)
             for a, b in zip((first[0], *first[1]), (again[0], *again[1])):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [SEQUENCES, UNITS], ids=["sequences", "units"])
+def test_bitwise_identical_per_sample_gradients(split, dtype):
+    """The backward op with one problem per sequence of a packed batch of
+    unequal lengths (lstm_ext.opacus's per-sample gradients)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(16, 130, proj_size=24, dtype=dtype)
+    batch_sizes = torch.tensor([6] * 5 + [4] * 3 + [1] * 2)
+    x = torch.randn(int(batch_sizes.sum()), 16, dtype=dtype)
+    h0, c0 = torch.zeros(6, 24, dtype=dtype), torch.zeros(6, 130, dtype=dtype)
+    w_ih, w_hh, b_ih, b_hh, w_hr = (w.detach() for w in lstm.parameters())
+    ops = torch.ops.lstm_ext
+    with cpu_split(split):
+        y, _, _, gates, cells = ops.lstm_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                               w_hr, True)
+        dy = torch.randn_like(y)
+
+        def run():
+            return ops.lstm_layer_backward(dy, None, None, x, batch_sizes, h0, c0, w_ih, w_hh,
+                                           w_hr, y, gates, cells, True, [True] * 4, 6)
+
+        first = run()
+        torch.use_deterministic_algorithms(True)
+        try:
+            for _ in range(3):
+                for a, b in zip(run(), first):
+                    assert torch.equal(a, b)
+        finally:
+            torch.use_deterministic_algorithms(False)

@@ -105,6 +105,13 @@ def test_recurrent_dropout_matches_the_cell_loop(worker, case):
     worker.run(fc.check_recurrent_dropout, case)
 
 
+@fuzz(60)
+@given(case=module_cases(split=st.sampled_from([-1, 0, 1]),
+                         dtype=st.sampled_from(sorted(fc.DTYPES))))
+def test_backward_groups_match_problems_alone(worker, case):
+    worker.run(fc.check_grouped_backward, case)
+
+
 @fuzz(100)
 @given(case=module_cases(split=st.sampled_from([-1, 0, 1]),
                          dtype=st.sampled_from(sorted(fc.DTYPES))))

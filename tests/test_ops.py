@@ -9,6 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lstm_ext
 from compile_backend import BACKEND
+from grouped_backward import assert_groups_match_problems_alone
 from lstm_ext import _ops
 from lstm_ext._checks import unpack_group
 
@@ -176,8 +177,27 @@ def test_opcheck_backward_groups():
         for a, b in zip(grouped[3:], alone[3:]):
             torch.testing.assert_close(a[g], b, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(grouped[0][rows_g], alone[0], rtol=1e-12, atol=1e-12)
-    with pytest.raises(RuntimeError, match=r"batch_sizes\[2\] = 2 is not a multiple of groups"):
-        _ops.lstm_layer_backward(*args[:-1], 4)
+    with pytest.raises(RuntimeError, match=r"groups must be positive"):
+        _ops.lstm_layer_backward(*args[:-1], 0)
+    for problems, message in ((torch.tensor([0, 1, 2, 1]), r"problems\[2\] = 2 is not in"),
+                              (torch.tensor([0, 1, 1]), "problems must be a 1-D int64 CPU"),
+                              (torch.tensor([0.0, 1, 1, 0]), "problems must be a 1-D int64 CPU")):
+        with pytest.raises(RuntimeError, match=message):
+            _ops.lstm_layer_backward(*args, None, problems)
+    torch.library.opcheck(_ops.lstm_layer_backward, (*args, None, torch.tensor([1, 0, 0, 1])))
+
+
+@pytest.mark.parametrize("groups, problems", [(5, None), (2, None), (3, None),
+                                              (5, [3, 0, 4, 1, 2]), (3, [2, 2, 0, 2, 0])])
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_groups_on_unequal_lengths(groups, problems, proj, reverse):
+    """Groups that do not divide every step's rows: a problem per sequence
+    (5) and sequences sharing one (2, 3), by default or as `problems` says
+    (a problem may have none), in float64, float32, bfloat16."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        assert_groups_match_problems_alone(_ops, groups, reverse=reverse, proj=4 * proj,
+                                           dtype=dtype, tol=tol, problems=problems)
 
 
 def jvp_args(proj=True, tangents=True):
@@ -299,3 +319,19 @@ def test_bad_backward_arguments_raise():
         _ops.lstm_layer_backward(None, None, None, *_replace(saved, 7, y.float()))
     with pytest.raises(RuntimeError, match="cells is on meta but x is on cpu"):
         _ops.lstm_layer_backward(None, None, None, *_replace(saved, 9, cells.to("meta")))
+
+
+def test_vmap_refuses_backward_problems():
+    """vmap numbers the problems of a folded batch itself."""
+    args = op_args(proj=False)
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = [
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    y, _, _, gates, cells = _ops.lstm_layer(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+    def backward(dy):
+        return _ops.lstm_layer_backward(dy, None, None, x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates,
+                                        cells, reverse, [False, True, True, False], B, None,
+                                        torch.arange(B))
+
+    with pytest.raises(ValueError, match="with `problems` is not supported"):
+        torch.vmap(backward)(torch.randn(2, *y.shape, dtype=y.dtype))

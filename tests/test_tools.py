@@ -133,6 +133,22 @@ def test_variants_benchmark_prints_each_option(tmp_path):
         assert float(over_plain.strip(" x")) > 0 and float(over_option.strip(" x")) > 0
 
 
+def test_private_benchmark_prints_a_row_per_config(tmp_path):
+    """benchmarks/private.py on a tiny classifier, padded and packed: the three
+    steps' times and DPLSTM's over lstm_ext's."""
+    pytest.importorskip("opacus")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "private.py"), "--threads",
+                           "1", "--min-run-time", "0.05", "--config", "B=3,T=4,I=2,H=5",
+                           "--config", "B=3,T=4,I=2,H=5,packed"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| B=3 T=4 I=2 H=5")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [float(c.strip(" x")) for c in row.split("|")[2:6]]
+        assert all(c > 0 for c in cells)
+
+
 def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     """Both ways a machine can lack a GPU: no nvidia-smi, or one that lists a GPU torch
     cannot see."""
