@@ -317,7 +317,8 @@ inline ProblemSlots problem_slots(const Steps& steps, int64_t t0, int64_t t1, in
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t r = 0; r < steps.size(t); ++r) s[steps.offset(t) + r - row0] += problem(r) * most;
   }
-  return {slot.to(device), groups, most};
+  // On a GPU from pinned memory, so that the stream need not wait for the host.
+  return {device.is_cuda() ? slot.pin_memory().to(device, at::kLong, true) : slot, groups, most};
 }
 
 // A block's rows (rows, width) problem by problem: (groups, most, width) in `dtype`.

@@ -72,8 +72,10 @@ class LineClassifier(nn.Module):
         self.head = nn.Linear(hidden, 2)
 
     def forward(self, codes, lengths):
-        packed = pack_padded_sequence(self.embed(codes), lengths, batch_first=True,
-                                      enforce_sorted=False)
+        embedded = self.embed(codes)
+        # An empty batch (Poisson sampling draws them) cannot be packed.
+        packed = embedded if len(codes) == 0 else pack_padded_sequence(
+            embedded, lengths, batch_first=True, enforce_sorted=False)
         _, (h_n, _) = self.lstm(packed)
         return self.head(h_n[-1])
 
@@ -129,13 +131,16 @@ def main(argv=None):
     for epoch in range(args.epochs):
         start, losses = time.perf_counter(), []
         for batch_codes, batch_lengths, batch_labels in loader:
-            if len(batch_labels) == 0:  # Poisson sampling may draw an empty batch
-                continue
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(batch_codes, batch_lengths), batch_labels)
+            logits = model(batch_codes, batch_lengths)
+            # An empty batch still takes its (noise-only) step: the accountant
+            # counts every step.
+            loss = (nn.functional.cross_entropy(logits, batch_labels) if len(batch_labels)
+                    else logits.sum())
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            if len(batch_labels):
+                losses.append(loss.item())
         seconds = time.perf_counter() - start
         history.append({
             "epoch": epoch + 1, "loss": sum(losses) / len(losses),

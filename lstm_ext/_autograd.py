@@ -170,7 +170,7 @@ def _layer_functions(layer, layer_backward, layer_jvp):
                                        "that is itself differentiated are not supported")
                 return _composite.vjp(inputs, (dy, dh_n, dc_n), need)[: ctx.inputs]
             mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
-            if ctx.per_sample is not None:
+            if ctx.per_sample is not None and any(mask[1:]):
                 dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _per_sample_backward(
                     ctx.per_sample, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0,
                     w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, ctx.reverse, mask, rec_scale)

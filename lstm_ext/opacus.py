@@ -50,20 +50,23 @@ def _passing_lstms(self, module):
 
 def _add_hooks_and_ours(self, *, loss_reduction: str = "mean", batch_first: bool = True,
                         force_functorch: bool = False) -> None:
+    if isinstance(self, GradSampleHooksFastGradientClipping) and any(
+            isinstance(m, LSTM) for m in self._module.modules()):
+        raise NotImplementedError(
+            f"lstm_ext.opacus: Opacus's ghost clipping ({type(self).__name__}) has no rule for "
+            "lstm_ext.LSTM; use grad_sample_mode='hooks' or 'functorch'")
     self.__dict__["_lstm_ext_found"] = found = []
     try:
         _add_hooks(self, loss_reduction=loss_reduction, batch_first=batch_first,
                    force_functorch=force_functorch)
     finally:
         del self.__dict__["_lstm_ext_found"]
-    if found and isinstance(self, GradSampleHooksFastGradientClipping):
-        raise NotImplementedError(
-            f"lstm_ext.opacus: Opacus's ghost clipping ({type(self).__name__}) has no rule for "
-            "lstm_ext.LSTM; use grad_sample_mode='hooks' or 'functorch'")
     for module in found:
         handles = self._module.autograd_grad_sample_hooks
         handles.append(module.register_forward_pre_hook(
-            functools.partial(_enter, hooks=self, loss_reduction=loss_reduction)))
+            functools.partial(_enter, hooks=self, loss_reduction=loss_reduction),
+            with_kwargs=True))
+        handles.append(module.register_forward_hook(_admit))
         handles.append(module.register_forward_hook(_leave, always_call=True))
 
 
@@ -71,28 +74,35 @@ def _trainable(module):
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def _enter(module: LSTM, args, *, hooks, loss_reduction: str) -> None:
+def _enter(module: LSTM, args, kwargs, *, hooks, loss_reduction: str) -> None:
     """Before the module's forward: where Opacus would capture activations,
     the per-sample sink for this call's layers."""
-    tokens = module.__dict__.setdefault("_lstm_ext_sinks", [])
+    sink = _sink_for(module, args[0] if args else kwargs["input"], hooks, loss_reduction)
+    token = None if sink is None else _autograd.per_sample_sink.set(sink)
+    module.__dict__.setdefault("_lstm_ext_calls", []).append((token, sink))
+
+
+def _sink_for(module: LSTM, input, hooks, loss_reduction: str):
     params = _trainable(module)
     if not (hooks.hooks_enabled and module.training and torch.is_grad_enabled() and params):
-        tokens.append(None)
-        return
+        return None
     if module.weight_drop > 0:
         raise NotImplementedError(
             "lstm_ext.opacus: weight_drop has no per-sample gradients here (its mask makes "
             "each layer's weight a new tensor); train privately without it")
-    input = args[0]
     if isinstance(input, PackedSequence):
         # The layers' sequence s is the batch's sorted_indices[s]: the backward
         # puts its gradients there.
         batch, problems = int(input.batch_sizes[0]), input.sorted_indices
         problems = None if problems is None else problems.cpu()
-    elif input.dim() == 3:
-        batch, problems = input.shape[0 if module.batch_first else 1], None
     else:
-        batch, problems = 1, None
+        if torch.is_autocast_enabled(input.device.type):
+            # Autocast would hand the layers cast copies of the weights.
+            raise NotImplementedError(
+                "lstm_ext.opacus: per-sample gradients under torch.autocast are not supported "
+                "for padded input (the layers would run on cast copies of the parameters)")
+        batch = input.shape[0 if module.batch_first else 1] if input.dim() == 3 else 1
+        problems = None
     if batch == 0:
         # An empty batch (Poisson sampling draws them) runs no layer, so no
         # backward will bring its (empty) per-sample gradients: here they are.
@@ -100,17 +110,21 @@ def _enter(module: LSTM, args, *, hooks, loss_reduction: str) -> None:
             if p._forward_counter == 0:
                 p._current_grad_sample = p.new_zeros((0, *p.shape))
                 _gsm.promote_current_grad_sample(p)
-        tokens.append(None)
-        return
-    sink = _Sink(module, hooks, batch, problems, loss_reduction)
-    for p in params:
-        p._forward_counter += 1
-    tokens.append(_autograd.per_sample_sink.set(sink))
+        return None
+    return _Sink(module, params, hooks, batch, problems, loss_reduction)
+
+
+def _admit(module: LSTM, _args, _output) -> None:
+    """After a forward that returned: its backward is now owed (Opacus counts
+    only forwards that got as far as its hook)."""
+    _, sink = module.__dict__["_lstm_ext_calls"][-1]
+    if sink is not None:
+        sink.admit()
 
 
 def _leave(module: LSTM, _args, _output) -> None:
-    tokens = module.__dict__.get("_lstm_ext_sinks")
-    token = tokens.pop() if tokens else None  # none if _enter raised
+    calls = module.__dict__.get("_lstm_ext_calls")
+    token, _ = calls.pop() if calls else (None, None)  # none if _enter raised
     if token is not None:
         _autograd.per_sample_sink.reset(token)
 
@@ -119,29 +133,44 @@ class _Sink:
     """Takes each layer's per-sample gradients into Opacus's per-parameter
     accumulation, as its own hooks would."""
 
-    def __init__(self, module, hooks, batch, problems, loss_reduction):
+    def __init__(self, module, params, hooks, batch, problems, loss_reduction):
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction = {loss_reduction}. Only 'sum' and 'mean' losses "
                              "are supported")
-        self.params = {id(p) for p in _trainable(module)}
-        self.hooks, self.batch, self.problems = hooks, batch, problems
-        # Opacus's per-sample gradients are of each sample's own loss: a
-        # mean's gradient times the batch size (the layers' backward applies it).
-        self.scale = batch if loss_reduction == "mean" else 1
+        self.params, self.hooks, self.batch, self.problems = params, hooks, batch, problems
+        self.mean = loss_reduction == "mean"
+        # The largest batch of the module's calls whose backward is owed:
+        # Opacus's max_batch_len.
+        self.largest = module.__dict__.setdefault("_lstm_ext_largest_batch", [0])
+
+    def admit(self):
+        if all(p._forward_counter == 0 for p in self.params):
+            self.largest[0] = 0
+        self.largest[0] = max(self.largest[0], self.batch)
+        for p in self.params:
+            p._forward_counter += 1
+
+    @property
+    def scale(self):
+        """Opacus's per-sample gradients are of each sample's own loss: a mean's
+        gradient times the batch size (the layers' backward applies it)."""
+        return self.largest[0] if self.mean else 1
 
     def __call__(self, weights, per_sample):
+        if not self.hooks.hooks_enabled:  # as Opacus's own backward hook
+            return
+        n, ids = self.largest[0], {id(p) for p in self.params}
         for weight, grads in zip(weights, per_sample, strict=True):
             if weight is None or not weight.requires_grad:
                 continue
-            if id(weight) not in self.params:
+            if id(weight) not in ids:
                 raise RuntimeError("lstm_ext.opacus: a layer's weight is not the module's "
                                    "parameter (a parametrization?): no per-sample gradient")
             grads = grads.to(weight.dtype)
-            # Opacus's create_or_accumulate_grad_sample, less its copy into zeros
-            # of the same size.
-            if hasattr(weight, "_current_grad_sample"):
-                weight._current_grad_sample[: self.batch] += grads
-            else:
+            if hasattr(weight, "_current_grad_sample") or len(grads) != n:
+                _gsm.create_or_accumulate_grad_sample(param=weight, grad_sample=grads,
+                                                      max_batch_len=n)
+            else:  # the same, less its copy into zeros of this size
                 weight._current_grad_sample = grads
             weight._forward_counter -= 1
             if weight._forward_counter == 0:

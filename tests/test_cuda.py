@@ -313,3 +313,22 @@ def test_backward_groups_on_unequal_lengths(groups, problems, reverse):
     products per block."""
     assert_groups_match_problems_alone(_OpsOnTheGPU(), groups, reverse=reverse, proj=4,
                                        tol=1e-10, problems=problems)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_opacus_per_sample_gradients(mode):
+    """lstm_ext.opacus on the GPU: a packed unsorted batch through two
+    bidirectional projected layers, per-sample gradients of every parameter
+    against one-sample backward passes on the CPU (skips without Opacus)."""
+    opacus_tests = pytest.importorskip("test_opacus")
+    cfg = opacus_tests.Config(reads=("output", "h_n", "c_n"), layers=2, bidirectional=True,
+                              proj=2)
+    model = opacus_tests.model_for(cfg, torch.float64)
+    x, lengths, h0, c0, targets = opacus_tests.inputs(cfg, torch.float64)
+    expected = opacus_tests.per_sample_by_one_sample_passes(model, x, lengths, h0, c0, targets)
+    wrapped = opacus_tests.GradSampleModule(model.cuda(), force_functorch=mode == "functorch")
+    logits = wrapped(x.cuda(), lengths, h0.cuda(), c0.cuda())
+    torch.nn.functional.cross_entropy(logits, targets.cuda()).backward()
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad_sample.cpu(), e, rtol=1e-8, atol=1e-10)
+    wrapped._close()

@@ -261,3 +261,81 @@ def test_an_empty_batch_gets_empty_per_sample_gradients():
     for p in model.parameters():
         assert p.grad_sample.shape == (0, *p.shape)
     wrapped._close()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_calls_of_different_batch_sizes(reduction):
+    """The LSTM run on the batch and on its first two sequences in one
+    forward: per-sample gradients of the batch's size (the second call's are
+    zero past its two), a mean's scaled by the larger batch, as Opacus's own
+    layers do; in either order of the calls."""
+    torch.manual_seed(0)
+    lstm = lstm_ext.LSTM(I, H, batch_first=True).double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    weights = torch.randn(H, dtype=torch.float64)
+
+    def loss(model, x, first_small):
+        calls = [x[:2], x] if first_small else [x, x[:2]]
+        h = [model(part)[1][0][-1] for part in calls]
+        total = (h[0] @ weights).sum() + (h[1] @ weights).sum()
+        return total / B if reduction == "mean" else total
+
+    expected = []
+    for b in range(B):  # sample b's own loss: one term per call that saw it
+        own = (lstm(x[b:b + 1])[1][0][-1] @ weights).sum() * (2 if b < 2 else 1)
+        expected.append(torch.autograd.grad(own, list(lstm.parameters())))
+    expected = [torch.stack(g) for g in zip(*expected)]
+    for first_small in (False, True):
+        wrapped = GradSampleModule(lstm, loss_reduction=reduction)
+        loss(wrapped, x, first_small).backward()
+        for p, e in zip(lstm.parameters(), expected, strict=True):
+            torch.testing.assert_close(p.grad_sample, e, rtol=1e-10, atol=1e-12)
+        wrapped._close()
+        lstm.zero_grad()
+
+
+def test_autocast_on_padded_input_is_refused():
+    model = Classifier(Config(input="padded"))
+    x, lengths, *_ = inputs(Config(input="padded"), torch.float32)
+    wrapped = GradSampleModule(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(NotImplementedError,
+                                                                     match="autocast"):
+        wrapped(x, lengths)
+    wrapped._close()
+
+
+def test_a_forward_that_raises_owes_no_backward():
+    """Opacus counts a forward once its hook runs; a failed one leaves the
+    next batch's per-sample gradients right."""
+    cfg = Config(input="batch_first", reads=("h_n",))
+    model = model_for(cfg, torch.float64)
+    x, lengths, h0, c0, targets = inputs(cfg, torch.float64)
+    expected = per_sample_by_one_sample_passes(model, x, lengths, h0, c0, targets)
+    wrapped = GradSampleModule(model)
+    with pytest.raises(RuntimeError):
+        wrapped(x[..., :2], lengths)  # the wrong input size
+    nn.functional.cross_entropy(wrapped(x, lengths), targets).backward()
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad_sample, e, rtol=1e-10, atol=1e-12)
+    wrapped._close()
+
+
+def test_keyword_input_and_hooks_off_before_backward():
+    model = lstm_ext.LSTM(I, H)
+    x = torch.randn(T, B, I)
+    wrapped = GradSampleModule(model)
+    wrapped(input=x)[1][0].sum().backward()
+    assert model.weight_ih_l0.grad_sample.shape == (B, 4 * H, I)
+    wrapped.zero_grad()
+    out = wrapped(input=x)[1][0].sum()
+    wrapped.disable_hooks()  # Opacus's own hooks then take nothing either
+    out.backward()
+    assert model.weight_ih_l0.grad_sample is None
+    wrapped._close()
+
+
+def test_refused_ghost_clipping_leaves_the_model_as_it_was():
+    model = Classifier(Config())
+    with pytest.raises(NotImplementedError):
+        get_gsm_class("ghost")(model)
+    GradSampleModule(model)._close()  # no hooks left behind to clash with
