@@ -201,6 +201,23 @@ def main():
     print(f"\nwrote {', '.join(wrote)} in {args.out}")
 
 
+def comparison_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of the scripts that time a few models in turn on a list
+    of configurations (variants.py, private.py)."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", type=config_arg, default=[])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-run-time", type=float, default=2.0)
+    return parser
+
+
+def begin(args: argparse.Namespace) -> None:
+    """Sets the threads and prints what the table's figures are of (float32)."""
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}, float32, {args.threads} threads, torch {torch.__version__}\n")
+
+
 def config_arg(text: str) -> configs.Config:
     try:
         return configs.Config.parse(text)

@@ -24,7 +24,6 @@ same.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import statistics
 import sys
@@ -117,14 +116,8 @@ def per_sample_error(lstm_cls, lengths: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", type=bench.config_arg, default=[])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-run-time", type=float, default=2.0)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"{bench.cpu_name()}, float32, {args.threads} threads, torch {torch.__version__}\n")
+    args = bench.comparison_parser(__doc__).parse_args()
+    bench.begin(args)
     lengths = torch.tensor([3, 12, 1, 7, 12, 5, 9, 2])
     print("Per-sample gradients against one-sample backward passes (B=8, lengths up to 12 "
           "packed unsorted, classifier on h_n), worst relative error: lstm_ext "

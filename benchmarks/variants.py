@@ -18,7 +18,6 @@ rounds; the table gives medians and each option's time over plain lstm_ext's
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import statistics
 import sys
@@ -104,15 +103,10 @@ OPTIONS = {"weight_drop": weight_drop_models, "recurrent_dropout": recurrent_dro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", type=bench.config_arg, default=[])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser = bench.comparison_parser(__doc__)
     parser.add_argument("--p", type=float, default=0.5, help="the options' probability")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"{bench.cpu_name()}, float32, {args.threads} threads, torch {torch.__version__}\n")
+    bench.begin(args)
     print("| config | option | lstm_ext ms | with the option ms | / lstm_ext "
           "| today's way ms | today's / option |\n|---|---|---:|---:|---:|---:|---:|")
     for config in args.config or GRID:
