@@ -11,6 +11,8 @@ rounds; the table gives medians and each option's time over plain lstm_ext's
   written without its flat-weights hack.
 - recurrent_dropout: a Python loop of nn.LSTMCell, one per layer, h times a
   mask drawn per call where it enters the cell (nn.LSTM has no place for it).
+- zoneout (zoneout_hidden = zoneout_cell = p): the same loop, each step's h
+  and c mixed with the previous ones by masks drawn per step.
 
     python benchmarks/variants.py
     python benchmarks/variants.py --threads 1 --config "B=64,T=100,I=512,H=512"
@@ -99,7 +101,45 @@ def recurrent_dropout_models(config: configs.Config, p: float) -> dict[str, nn.M
             "LSTMCell loop, h masked": MaskedCellLoop(reference, p)}
 
 
-OPTIONS = {"weight_drop": weight_drop_models, "recurrent_dropout": recurrent_dropout_models}
+class ZoneoutCellLoop(nn.Module):
+    """Zoneout as users write it: nn.LSTMCell per layer, stepped in Python,
+    each step's new h and c kept where a Bernoulli(p) mask drawn for that
+    step says (the previous ones there)."""
+
+    def __init__(self, lstm: nn.LSTM, p: float):
+        super().__init__()
+        self.loop, self.p = measure.CellLoop(lstm), p
+
+    def forward(self, x):
+        cells = self.loop.cells
+        zeros = x.new_zeros(x.shape[1], cells[0].hidden_size)
+        h, c = [zeros] * len(cells), [zeros] * len(cells)
+        out = []
+        for x_t in x:
+            for k, cell in enumerate(cells):
+                h_new, c_new = cell(x_t, (h[k], c[k]))
+                d_h, d_c = (torch.rand_like(zeros) < self.p for _ in range(2))
+                h[k] = torch.where(d_h, h[k], h_new)
+                c[k] = torch.where(d_c, c[k], c_new)
+                x_t = h[k]
+            out.append(x_t)
+        return torch.stack(out), (torch.stack(h), torch.stack(c))
+
+
+def zoneout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    plain = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers)
+    ours = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers, zoneout_hidden=p,
+                         zoneout_cell=p)
+    ours.load_state_dict(plain.state_dict())
+    reference = nn.LSTM(config.I, config.H, num_layers=config.layers)
+    reference.load_state_dict(plain.state_dict())
+    return {"lstm_ext": plain, "lstm_ext zoneout": ours,
+            "LSTMCell loop, zoneout": ZoneoutCellLoop(reference, p)}
+
+
+OPTIONS = {"weight_drop": weight_drop_models, "recurrent_dropout": recurrent_dropout_models,
+           "zoneout": zoneout_models}
 
 
 def main() -> None:

@@ -80,6 +80,43 @@ LSTM_HOST_DEVICE void cell_tangent(T i, T f, T g, T o, T c, T c_prev, T t_i, T t
   t_h = t_o * o * (one - o) * tanh_c + o * (one - tanh_c * tanh_c) * t_c;
 }
 
+// Zoneout (Krueger et al.): a unit keeps its previous value with weight d
+// (0 or 1 per step, sequence and unit in training; the probability in eval):
+// the new value is fresh + d (prev - fresh). For c it follows cell_forward
+// (c̃ = fresh, c_prev = prev), for h the projection if any.
+template <typename T>
+LSTM_HOST_DEVICE T zoneout(T fresh, T prev, T d) {
+  return fresh + d * (prev - fresh);
+}
+
+// Its backward: dL/d(new value) g splits into dL/dfresh and a part for prev.
+template <typename T>
+LSTM_HOST_DEVICE void zoneout_backward(T g, T d, T& d_fresh, T& d_prev) {
+  d_prev = d * g;
+  d_fresh = g - d_prev;
+}
+
+// cell_forward with zoneout on c: c_t = zoneout(c̃, c_{t-1}, d), h from c̃.
+// c̃ is returned too (backward needs it: c_t alone does not give it where
+// d = 1).
+template <typename T, typename A = Activations<T>>
+LSTM_HOST_DEVICE void cell_forward_zoneout(T& i, T& f, T& g, T& o, T c_prev, T d, T& c_fresh,
+                                           T& c, T& h) {
+  cell_forward<T, A>(i, f, g, o, c_prev, c_fresh, h);
+  c = zoneout(c_fresh, c_prev, d);
+}
+
+// cell_backward of cell_forward_zoneout: c_fresh is c̃, dc_next dL/dc_t.
+template <typename T, typename A = Activations<T>>
+LSTM_HOST_DEVICE void cell_backward_zoneout(T i, T f, T g, T o, T c_fresh, T c_prev, T d, T dh,
+                                            T dc_next, T& di, T& df, T& dg, T& do_, T& dc_prev,
+                                            T& h) {
+  T dc_fresh, dc_kept;
+  zoneout_backward(dc_next, d, dc_fresh, dc_kept);
+  cell_backward<T, A>(i, f, g, o, c_fresh, c_prev, dh, dc_fresh, di, df, dg, do_, dc_prev, h);
+  dc_prev = dc_prev + dc_kept;
+}
+
 #if !defined(__CUDACC__)
 // Both from one exp and one division. Sleef's tanh, behind Vectorized::tanh,
 // costs several times more; this form loses relative (not absolute) accuracy

@@ -111,11 +111,11 @@ void check_device_and_dtype(const Tensor& x, c10::DeviceType device) {
 }
 
 void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Tensor& gates,
-                 const Tensor& cells) {
+                 const Tensor& cells, bool zoneout_c) {
   check_tensor(y, "y", 2, x);
   check_shape(y, "y", {d.rows, d.out});
   check_shape(gates, "gates", {d.rows, 4 * d.hidden});
-  check_shape(cells, "cells", {d.rows, d.hidden});
+  check_shape(cells, "cells", {(zoneout_c ? 2 : 1) * d.rows, d.hidden});
   for (const Tensor* t : {&gates, &cells}) {
     const char* name = t == &gates ? "gates" : "cells";
     const auto saved = t == &gates ? y.scalar_type() : saved_cells_dtype(y.scalar_type());
@@ -149,6 +149,16 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& d
 
 void check_rec_scale(const LayerDims& d, const Tensor& x, const OptTensor& rec_scale) {
   check_optional(rec_scale, "rec_scale", {d.batch, d.out}, x);
+}
+
+void check_zoneout(const LayerDims& d, const Tensor& x, const Zoneout& zoneout) {
+  check_optional(zoneout.c, "zoneout_c", {d.rows, d.hidden}, x);
+  check_optional(zoneout.h, "zoneout_h", {d.rows, d.out}, x);
+  for (const OptTensor* t : {&zoneout.c, &zoneout.h}) {
+    TORCH_CHECK(!t->has_value() || !(*t)->requires_grad(), "lstm_layer: ",
+                t == &zoneout.c ? "zoneout_c" : "zoneout_h",
+                " is a constant (zoneout's weights) and gets no gradient; pass it detached");
+  }
 }
 
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj) {

@@ -142,18 +142,32 @@ Tensor recurrent_scale(const OptTensor& rec_scale) {
   return rec_scale.has_value() ? to_math<Ex>(*rec_scale).contiguous() : Tensor();
 }
 
+// Calls fn(e, n) for runs of n elements covering rows [first, rows) and
+// columns [p0, p1) of (·, P) buffers, e a run's offset from their row 0: one
+// run for whole rows, else one per row.
+template <typename Fn>
+void for_each_run(int64_t first, int64_t rows, int64_t p0, int64_t p1, int64_t P, const Fn& fn) {
+  if (first >= rows) return;
+  if (p0 == 0 && p1 == P) {
+    fn(first * P, (rows - first) * P);
+    return;
+  }
+  for (int64_t r = first; r < rows; ++r) fn(r * P + p0, p1 - p0);
+}
+
 // dst = src ⊙ s on rows [first, rows) and columns [p0, p1) of (·, P) buffers
 // whose row r is sequence r's (s's row r); dst may be src.
 template <typename Ex, typename T, typename M>
 void scale_rows(const Ex& ex, T* dst, const T* src, const M* s, int64_t first, int64_t rows,
                 int64_t p0, int64_t p1, int64_t P) {
-  if (p0 == 0 && p1 == P) {
-    ex.scale(dst + first * P, src + first * P, s + first * P, (rows - first) * P);
-    return;
-  }
-  for (int64_t r = first; r < rows; ++r) {
-    ex.scale(dst + r * P + p0, src + r * P + p0, s + r * P + p0, p1 - p0);
-  }
+  for_each_run(first, rows, p0, p1, P,
+               [&](int64_t e, int64_t n) { ex.scale(dst + e, src + e, s + e, n); });
+}
+
+// Zoneout's weights (types.h) in math_t, or undefined.
+template <typename Ex>
+Tensor zoneout_weights(const OptTensor& z) {
+  return z.has_value() ? to_math<Ex>(*z).contiguous() : Tensor();
 }
 
 // Every step's rows of a (rows, P) buffer times s (row r of a step is
@@ -211,7 +225,8 @@ template <typename Ex>
 LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                       const OptTensor& rec_scale, bool save, const LaidOut* kept) {
+                       const OptTensor& rec_scale, const Zoneout& zoneout, bool save,
+                       const LaidOut* kept) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -239,7 +254,13 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
                                  : reduced ? at::empty({d.rows, G}, opts)
                                            : gates.tensor);
   const Rows<scalar_t> y(at::empty({d.rows, P}, opts));
-  const Rows<math_t> cells(at::empty({save ? d.rows : d.batch, H}, math_opts));
+  // Zoneout's weights, rows of every step. Saving with c's, c̃ of every row
+  // follows c_t's in cells (the backward needs both).
+  const Rows<const math_t> zone_c(zoneout_weights<Ex>(zoneout.c));
+  const Rows<const math_t> zone_h(zoneout_weights<Ex>(zoneout.h));
+  const Rows<const scalar_t> h0_kept(zone_h ? h0 : Tensor());
+  const int64_t saved_cells = zone_c ? 2 * d.rows : d.rows;
+  const Rows<math_t> cells(at::empty({save ? saved_cells : d.batch, H}, math_opts));
   // With a projection, h_t before it; row r belongs to sequence r. Reduced,
   // the projection's product comes to y_wide before its rounding into y.
   const Rows<scalar_t> h_raw(w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor());
@@ -259,12 +280,14 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       // of the per-sequence c, which held its c_{t-1}.
       math_t* c_prev = save ? cells.at(r.prev) : cells.data;
       math_t* c_out = save ? cells.at(r.off) : cells.data;
+      math_t* c_fresh = save && zone_c ? cells.at(d.rows + r.off) : nullptr;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
         recurrent_product(ex, y_rec ? per_sequence(r) : r, a, b, P, G, y_rec ? y_rec : y,
                           h0_rows, w_hh_t, gates_t);
         ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t,
                         activated ? activated.at(r.off) : nullptr, bias_p, c_prev, c0_rows.data,
-                        c_out, h_raw ? h_raw.data : y.at(r.off));
+                        zone_c ? zone_c.at(r.off) : nullptr, c_fresh, c_out,
+                        h_raw ? h_raw.data : y.at(r.off));
       });
     };
     const auto projection = [&](const StepRows& r, int64_t p0, int64_t p1) {
@@ -279,12 +302,26 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
         ex.step_gemm(rows, p1 - p0, H, h_raw.at(r.first), H, w_t, P, y_t, P, false);
       }
     };
+    // Zoneout on h, after the projection: rows carried from the step before
+    // keep its h, the others h0.
+    const auto hidden_zoneout = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      scalar_t* y_t = y.at(r.off);
+      const math_t* z = zone_h.at(r.off);
+      const scalar_t* y_prev = y.at(r.prev);
+      for_each_run(r.first, r.split, p0, p1, P, [&](int64_t e, int64_t n) {
+        ex.zoneout(y_t + e, y_prev + e, z + e, n);
+      });
+      for_each_run(r.split, r.rows, p0, p1, P, [&](int64_t e, int64_t n) {
+        ex.zoneout(y_t + e, h0_kept.data + e, z + e, n);
+      });
+    };
     const auto recurrent_input = [&](const StepRows& r, int64_t p0, int64_t p1) {
       scale_rows(ex, y_rec.data, y.at(r.off), ptr<const math_t>(s), r.first, r.rows, p0, p1, P);
     };
     run_steps(ex, steps, blk, false, flops_per_row, H,
               phase(H, ex.unit_align(), gates_and_cells),
               phase(h_raw ? P : 0, ex.column_align(), projection),
+              phase(zone_h ? P : 0, ex.column_align(), hidden_zoneout),
               phase(y_rec ? P : 0, ex.column_align(), recurrent_input));
   });
   Tensor h_n = final_state<scalar_t>(ex, steps, y.tensor, d.batch);
@@ -353,7 +390,8 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                           const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                           const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
                           const Tensor& gates, const Tensor& cells, int64_t groups,
-                          const OptTensor& rec_scale, const OptTensor& problems) {
+                          const OptTensor& rec_scale, const OptTensor& problems,
+                          const Zoneout& zoneout) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -376,6 +414,10 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const Rows<const math_t> c0_rows(to_math<Ex>(c0));
   const Rows<const scalar_t> gates_rows(gates);
   const Rows<const math_t> cells_rows(cells);
+  // With zoneout on c, cells holds c_t of every row, then c̃ of every row.
+  const Rows<const math_t> zone_c(zoneout_weights<Ex>(zoneout.c));
+  const Rows<const math_t> zone_h(zoneout_weights<Ex>(zoneout.h));
+  const int64_t fresh_row0 = zone_c ? d.rows : 0;
   // The steps go in blocks, in the workspaces below; each block's share of
   // the input, weight and bias gradients is taken before the next.
   const int64_t block = block_rows(G, d.batch);
@@ -392,6 +434,9 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const Rows<scalar_t> dy_total(proj ? at::empty({workspace_rows, P}, opts) : Tensor());
   const Rows<scalar_t> h_raw(mask.proj ? at::empty({workspace_rows, H}, opts) : Tensor());
   const Rows<math_t> dh_raw(proj ? at::empty({d.batch, H}, math_opts) : Tensor());
+  // With zoneout on h, without a projection: dL/dh̃_t, per sequence (with
+  // one it is dy_total).
+  const Rows<math_t> dh_fresh(zone_h && !proj ? at::empty({d.batch, P}, math_opts) : Tensor());
   const LaidOut w = lay_out(ex, mask.input ? w_ih : Tensor(), w_hh, w_hr, true);
   const scalar_t* w_hh_b = ptr<const scalar_t>(w.hh);
   // With recurrent dropout, dL/dh_{t-1} through the recurrent product is
@@ -399,6 +444,10 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   const Tensor s = recurrent_scale<Ex>(rec_scale);
   const Tensor h_prev = s.defined() && mask.weights ? scaled_by_sequence(ex, steps, y, s) : y;
   const Tensor h0_prev = s.defined() && mask.weights ? scaled_state(h0, s) : h0;
+  // With both, dL/dh_{t-1} through the product before it is scaled and added
+  // to zoneout's part.
+  const Rows<math_t> dh_product(s.defined() && zone_h ? at::empty({d.batch, P}, math_opts)
+                                                      : Tensor());
   const scalar_t* w_hr_b = ptr<const scalar_t>(w.hr);
 
   Tensor dx = mask.input ? at::empty({d.rows, d.input}, math_opts) : Tensor();
@@ -426,6 +475,22 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                dh.at(row) + p0, p1 - p0);
       }
     };
+    // With zoneout on h, dL/dh_t (dy and what the step processed before
+    // sends back) splits into dL/dh̃_t (to dy_total with a projection, else
+    // dh_fresh) and the part for h_{t-1}, which stays in dh for the state
+    // phase to add to.
+    const auto hidden_zoneout = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      const math_t* z = zone_h.at(r.off);
+      const math_t* dy_t = dy_rows.at(r.off);
+      for_each_run(r.first, r.rows, p0, p1, P, [&](int64_t e, int64_t n) {
+        if (proj) {
+          ex.zoneout_backward(dy_total.at(r.off - blk.row0) + e, dh.data + e, dy_t + e,
+                              dh.data + e, z + e, n);
+        } else {
+          ex.zoneout_backward(dh_fresh.data + e, dh.data + e, dy_t + e, dh.data + e, z + e, n);
+        }
+      });
+    };
     const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
       const int64_t at = r.off - blk.row0;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
@@ -434,22 +499,33 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                        ex.column(w_hr_b, P, a), H, dh_raw.at(r.first) + a, H, false);
         }
         ex.cell_backward(r.first, r.rows, a, b, r.carried, H, gates_rows.at(r.off),
-                         cells_rows.at(r.off), cells_rows.at(r.prev), c0_rows.data,
-                         proj ? dh_raw.data : dy_rows.at(r.off), proj ? nullptr : dh.data,
-                         dc.data, dgates.at(at), dgates_wide ? dgates_wide.at(at) : nullptr,
+                         cells_rows.at(fresh_row0 + r.off), cells_rows.at(r.prev), c0_rows.data,
+                         zone_c ? zone_c.at(r.off) : nullptr,
+                         proj ? dh_raw.data : dh_fresh ? dh_fresh.data : dy_rows.at(r.off),
+                         proj || dh_fresh ? nullptr : dh.data, dc.data, dgates.at(at),
+                         dgates_wide ? dgates_wide.at(at) : nullptr,
                          h_raw ? h_raw.at(at) : nullptr);
       });
     };
     // Then dL/dh_{t-1}, for the step processed next.
+    // (With zoneout on h, added to its part already in dh.)
     const auto state = [&](const StepRows& r, int64_t p0, int64_t p1) {
+      const math_t* s_p = ptr<const math_t>(s);
+      math_t* product = dh_product ? dh_product.data : dh.data;
       ex.step_gemm(r.rows - r.first, p1 - p0, G, dgates.at(r.off - blk.row0 + r.first), G,
-                   ex.column(w_hh_b, G, p0), P, dh.at(r.first) + p0, P, false);
-      if (s.defined()) {
-        scale_rows(ex, dh.data, dh.data, ptr<const math_t>(s), r.first, r.rows, p0, p1, P);
+                   ex.column(w_hh_b, G, p0), P, product + r.first * P + p0, P,
+                   zone_h && !dh_product);
+      if (dh_product) {
+        for_each_run(r.first, r.rows, p0, p1, P, [&](int64_t e, int64_t n) {
+          ex.add_scaled(dh.data + e, product + e, s_p + e, n);
+        });
+      } else if (s.defined()) {
+        scale_rows(ex, dh.data, dh.data, s_p, r.first, r.rows, p0, p1, P);
       }
     };
     run_steps(ex, steps, blk, true, flops_per_row, H,
-              phase(proj ? P : 0, ex.column_align(), total_dy),
+              phase(proj && !zone_h ? P : 0, ex.column_align(), total_dy),
+              phase(zone_h ? P : 0, ex.column_align(), hidden_zoneout),
               phase(H, ex.unit_align(), gates_and_cells), phase(P, ex.column_align(), state));
 
     if (mask.input) {

@@ -10,11 +10,18 @@ namespace lstm_ext {
 // for the backward, the activated gates and the cell state of every row.
 // rec_scale (B, P), if given, scales h_{t-1} (h0 included) where it enters the
 // recurrent product, per sequence and unit: recurrent dropout's mask over
-// 1 - p. Every op of the layer takes it alike.
+// 1 - p. Every op of the layer takes it alike. zoneout_c (rows, H) and
+// zoneout_h (rows, P), if given, are zoneout's weights per row of every step
+// (csrc/cell.h: 0 or 1 in training, the probability in eval): c_t and h_t
+// keep c_{t-1} and h_{t-1} with them; with zoneout_c the saved cells are c_t
+// of every row, then c̃ of every row. The forward, inference and backward ops
+// take them alike (the tangent op does not: forward-mode AD of zoneout is the
+// composite's, _autograd.py).
 inline constexpr const char* kLayerSchema =
     "lstm_layer(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
     "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
-    "Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)";
+    "Tensor? rec_scale=None, Tensor? zoneout_c=None, Tensor? zoneout_h=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // The same layer where no backward will come: y, h_n and c_n, nothing saved.
 // The kept_ tensors, if given, are lstm_layer_lay_out's results for these
@@ -23,7 +30,8 @@ inline constexpr const char* kLayerInferenceSchema =
     "lstm_layer_inference(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
     "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
     "Tensor? kept_ih=None, Tensor? kept_hh=None, Tensor? kept_hr=None, Tensor? kept_bias=None, "
-    "Tensor? rec_scale=None) -> (Tensor, Tensor, Tensor)";
+    "Tensor? rec_scale=None, Tensor? zoneout_c=None, Tensor? zoneout_h=None) "
+    "-> (Tensor, Tensor, Tensor)";
 
 // The weights of one layer and direction as the inference op's products take
 // them on this device, in this dtype's path (native or upcast), for a caller
@@ -59,7 +67,8 @@ inline constexpr const char* kLayerBackwardSchema =
     "lstm_layer_backward(Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, "
     "Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
     "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask, int groups=1, "
-    "Tensor? rec_scale=None, Tensor? problems=None) "
+    "Tensor? rec_scale=None, Tensor? problems=None, Tensor? zoneout_c=None, "
+    "Tensor? zoneout_h=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // Forward-mode derivative: the tangents of y, h_n and c_n given those of the

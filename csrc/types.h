@@ -48,6 +48,14 @@ struct Tangents {
   OptTensor x, h0, c0, w_ih, w_hh, bias, w_hr;
 };
 
+// Zoneout (cell.h): the weight with which each unit keeps its previous value,
+// per row of every step (row r of step t is sequence r's): for c (rows, H)
+// and for h (rows, P), each undefined without. With c's, the forward saves
+// c̃ of every row after c_t's (cells of 2 * rows).
+struct Zoneout {
+  OptTensor c, h;
+};
+
 // Sizes of one layer: rows = sum(batch_sizes), P = proj_size or H.
 struct LayerDims {
   int64_t rows, batch, input, hidden, out;
@@ -97,7 +105,7 @@ LayerDims check_layer_args(const Tensor& x, const Tensor& batch_sizes, const Ten
 // Checks the forward's results (y, and the gates and cells it saved) against
 // the forward dims.
 void check_saved(const LayerDims& d, const Tensor& x, const Tensor& y, const Tensor& gates,
-                 const Tensor& cells);
+                 const Tensor& cells, bool zoneout_c = false);
 
 // Checks the incoming gradients against the forward dims, that `groups` is
 // positive and `problems`, if given, a problem for each sequence.
@@ -107,6 +115,10 @@ void check_backward_args(const LayerDims& d, const Tensor& x, const OptTensor& d
 
 // rec_scale, if given, is (batch, P) in x's dtype and on its device.
 void check_rec_scale(const LayerDims& d, const Tensor& x, const OptTensor& rec_scale);
+
+// The zoneout weights, if given, are (rows, H) and (rows, P) in x's dtype and
+// on its device, and constants (they get no gradient).
+void check_zoneout(const LayerDims& d, const Tensor& x, const Zoneout& zoneout);
 
 // Checks each tangent against the input it belongs to.
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj);

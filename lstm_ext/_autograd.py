@@ -64,7 +64,8 @@ per_sample_sink: contextvars.ContextVar = contextvars.ContextVar("per_sample_sin
 
 
 def _per_sample_backward(sink, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih,
-                         w_hh, b_ih, b_hh, w_hr, y, gates, cells, reverse, mask, rec_scale):
+                         w_hh, b_ih, b_hh, w_hr, y, gates, cells, reverse, mask, rec_scale,
+                         zoneout_c, zoneout_h):
     """The backward op with one problem per sequence (groups = B): the
     results autograd takes, the per-sample weight gradients to the sink. The
     incoming gradients take sink.scale (and the results autograd takes lose
@@ -75,7 +76,7 @@ def _per_sample_backward(sink, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h
     groups = h0.shape[0]
     dx, dh0, dc0, *weights = layer_backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
                                             w_hr, y, gates, cells, reverse, mask, groups,
-                                            rec_scale, sink.problems)
+                                            rec_scale, sink.problems, zoneout_c, zoneout_h)
     per_sample = [None if g is None else g if groups > 1 else g.unsqueeze(0) for g in weights]
     summed = [None if g is None else g.sum(0) for g in per_sample]
     dw_ih, dw_hh, db, dw_hr = per_sample
@@ -133,14 +134,14 @@ def _layer_functions(layer, layer_backward, layer_jvp):
         # rules fold the mapped dimension into the batch.
         generate_vmap_rule = True
 
-        # rec_scale (recurrent dropout's mask over 1 - p) is a constant: no
-        # derivative is taken or passed for it.
+        # rec_scale (recurrent dropout's mask over 1 - p) and zoneout's weights
+        # are constants: no derivative is taken or passed for them.
         @staticmethod
         def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                    rec_scale=None):
+                    rec_scale=None, zoneout_c=None, zoneout_h=None):
             with torch._C._AutoDispatchBelowAutograd():
                 return layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                             rec_scale)
+                             rec_scale, zoneout_c, zoneout_h)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
@@ -149,8 +150,9 @@ def _layer_functions(layer, layer_backward, layer_jvp):
             ctx.mark_non_differentiable(gates, cells)
             # Unused outputs arrive as None rather than as zero tensors of their size.
             ctx.set_materialize_grads(False)
+            rec_scale, zoneout_c, zoneout_h = (*rest, None, None, None)[:3]
             saved = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells,
-                     rest[0] if rest else None)
+                     rec_scale, zoneout_c, zoneout_h)
             ctx.save_for_backward(*saved)
             ctx.save_for_forward(*saved)
             ctx.reverse = reverse
@@ -159,10 +161,10 @@ def _layer_functions(layer, layer_backward, layer_jvp):
 
         @staticmethod
         def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
-            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale = (
-                ctx.saved_tensors)
+            (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale,
+             zoneout_c, zoneout_h) = ctx.saved_tensors
             inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-                      rec_scale)
+                      rec_scale, zoneout_c, zoneout_h)
             need = ctx.needs_input_grad
             if any(_routes((*inputs[:9], dy, dh_n, dc_n))):
                 if ctx.per_sample is not None:
@@ -173,28 +175,33 @@ def _layer_functions(layer, layer_backward, layer_jvp):
             if ctx.per_sample is not None and any(mask[1:]):
                 dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _per_sample_backward(
                     ctx.per_sample, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0,
-                    w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, ctx.reverse, mask, rec_scale)
+                    w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, ctx.reverse, mask, rec_scale,
+                    zoneout_c, zoneout_h)
             else:
                 dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
                     dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-                    ctx.reverse, mask, 1, rec_scale)
+                    ctx.reverse, mask, 1, rec_scale, None, zoneout_c, zoneout_h)
             return (dx, None, dh0 if need[2] else None, dc0 if need[3] else None,
                     dw_ih if need[4] else None, dw_hh if need[5] else None,
                     db if need[6] else None, db if need[7] else None, dw_hr, None,
-                    None)[: ctx.inputs]
+                    None, None, None)[: ctx.inputs]
 
         @staticmethod
         def jvp(ctx, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *__):
-            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale = (
-                ctx.saved_tensors)
-            tangents = (dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None)
+            (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale,
+             zoneout_c, zoneout_h) = ctx.saved_tensors
+            tangents = (dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None,
+                        None)
             inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-                      rec_scale)
+                      rec_scale, zoneout_c, zoneout_h)
             # The tangents being pushed are this jvp's own: forward-mode AD
             # does not differentiate them again (it cannot nest).
             transform, autograd, _ = _routes((*inputs[:9], *tangents))
             if transform:
                 t_y, t_h_n, t_c_n = _composite.jvp(inputs, tangents)
+            elif zoneout_c is not None or zoneout_h is not None:
+                # The tangent op has no zoneout: the composite's tangents.
+                t_y, t_h_n, t_c_n = _composite.jvp_by_vjp(inputs, tangents, autograd)
             elif autograd:
                 # The tangents can be differentiated by autograd (with
                 # parameters that require grad, they always can): fused, with
@@ -313,7 +320,7 @@ def register(lib: torch.library.Library, namespace: str):
             return Layer.apply(*args)[:3]
         if autograd or (not compiling and forward_ad._current_level >= 0):
             return layer(*args)[:3]
-        # The inference op's rec_scale comes after its kept layout.
+        # The inference op's rec_scale and zoneout come after its kept layout.
         args = (*args[:10], None, None, None, None, *args[10:])
         if compiling:
             return inference(*args)

@@ -26,12 +26,17 @@ def weights_per_group(weights: Sequence[Tensor], groups: int, bias: bool) -> int
     return per_group
 
 
-def probability(name: str, p) -> float:
-    """p as a probability of zeroing, in [0, 1) (1 would scale by 1 / 0); ValueError
-    otherwise, as nn.LSTM raises for its dropout."""
+# How zoneout's probabilities are described.
+ZONED_OUT = "of a unit keeping its previous state"
+
+
+def probability(name: str, p, of: str = "of an element being zeroed") -> float:
+    """p as a probability (by default of zeroing), in [0, 1) (1 would scale by
+    1 / 0, or never update); ValueError otherwise, as nn.LSTM raises for its
+    dropout."""
     if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p < 1:
         raise ValueError(f"{name} should be a number in range [0, 1) representing the "
-                         f"probability of an element being zeroed, got {p!r}")
+                         f"probability {of}, got {p!r}")
     return float(p)
 
 

@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 # Positions of the differentiable arguments of lstm_ext::lstm_layer:
-# x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale.
+# x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale, zoneout_c,
+# zoneout_h.
 DIFFERENTIABLE = (0, 2, 3, 4, 5, 6, 7, 8)
 
 
-def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale=None):
+def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale=None,
+          zoneout_c=None, zoneout_h=None):
     """What lstm_ext::lstm_layer computes (y, h_n, c_n), from differentiable ops."""
     sizes = batch_sizes.tolist()
     offsets = [0]
@@ -39,8 +41,12 @@ def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_sca
         inputs = torch.cat([x[first : first + rows], h_prev], dim=1)
         h_t, c_t = torch._VF.lstm_cell(inputs, (torch.zeros_like(c[:rows]), c[:rows]), w_in, no_h,
                                        b_ih, b_hh)
+        if zoneout_c is not None:
+            c_t = c_t + zoneout_c[first : first + rows] * (c[:rows] - c_t)
         if w_hr is not None:
             h_t = h_t @ w_hr.t()
+        if zoneout_h is not None:
+            h_t = h_t + zoneout_h[first : first + rows] * (h[:rows] - h_t)
         ys[t] = h_t
         h, c = torch.cat([h_t, h[rows:]]), torch.cat([c_t, c[rows:]])
     return torch.cat(ys), h, c
@@ -80,12 +86,30 @@ def jvp(inputs: Sequence, tangents: Sequence[Tensor | None]):
     return out
 
 
+def jvp_by_vjp(inputs: Sequence, tangents: Sequence[Tensor | None], create_graph: bool):
+    """jvp's results by reverse mode alone (the derivative of a vjp with respect
+    to its cotangents), for forward-mode AD outside torch.func, where
+    torch.func.jvp cannot nest: with a graph when `create_graph`."""
+    given = [i for i in DIFFERENTIABLE if tangents[i] is not None]
+    with torch.enable_grad():
+        primals = [inputs[i] if inputs[i].requires_grad else inputs[i].detach().requires_grad_()
+                   for i in given]
+        outputs = _as_function_of(inputs, given)(*primals)
+        cotangents = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+        grads = torch.autograd.grad(outputs, primals, cotangents, create_graph=True,
+                                    allow_unused=True)
+        used = [(g, tangents[i]) for g, i in zip(grads, given) if g is not None]
+        out = torch.autograd.grad([g for g, _ in used], cotangents, [t for _, t in used],
+                                  create_graph=create_graph, allow_unused=True)
+    return tuple(torch.zeros_like(o) if t is None else t for o, t in zip(outputs, out))
+
+
 def tangent_vjp(inputs: Sequence, tangents: Sequence[Tensor | None],
                 cotangents: Sequence[Tensor | None], needs_input_grad: Sequence[bool]):
     """Gradients, with a graph, of the tangents jvp(inputs, tangents) computes,
     given those of its results (None for zero): for each of the op's 9
     arguments before `reverse`, then for each of their tangents (None where not
-    needed). `inputs` are the op's arguments, rec_scale included."""
+    needed). `inputs` are the op's arguments, rec_scale and zoneout's included."""
     wanted = [i for i in DIFFERENTIABLE if needs_input_grad[i] and inputs[i] is not None]
     wanted_t = [i for i in DIFFERENTIABLE if needs_input_grad[9 + i] and tangents[i] is not None]
 

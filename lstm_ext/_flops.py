@@ -40,7 +40,7 @@ def stack_inference(x, batch_sizes, h0, c0, weights, kept, has_biases, num_layer
 
 
 def backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse,
-             output_mask, groups=1, rec_scale=None, **kwargs) -> int:
+             output_mask, groups=1, rec_scale=None, *_more, **kwargs) -> int:
     """Per step dgates W_hh (and, projected, dy W_hr); after, as output_mask asks, dgates
     W_ih (dx), dgates^T x and dgates^T h_{t-1} (dW_ih, dW_hh), dy^T h_t (dW_hr)."""
     want_input, want_weights, _, want_proj = output_mask

@@ -19,10 +19,12 @@ def _saved_cells_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _check_fake(x, batch_sizes, tensors, h0=None, rec_scale=None):
+def _check_fake(x, batch_sizes, tensors, h0=None, rec_scale=None, zoneout_c=None,
+                zoneout_h=None, c0=None):
     """What the kernels check first and shapes alone can tell: without it, fake
     (and meta) tensors of mixed devices or dtypes, or a rec_scale not of h0's
-    shape, would pass where the kernels raise."""
+    shape (zoneout's weights not of x's rows and c0's or h0's width), would
+    pass where the kernels raise."""
     for name, t in tensors.items():
         if t is None:
             continue
@@ -37,27 +39,37 @@ def _check_fake(x, batch_sizes, tensors, h0=None, rec_scale=None):
         torch._check(rec_scale.shape == h0.shape,
                      lambda: f"lstm_layer: rec_scale must have shape {list(h0.shape)}, got "
                              f"{list(rec_scale.shape)}")
+    for name, z, state in (("zoneout_c", zoneout_c, c0), ("zoneout_h", zoneout_h, h0)):
+        if z is not None:
+            shape = (x.shape[0], state.shape[1])
+            torch._check(tuple(z.shape) == shape,
+                         lambda: f"lstm_layer: {name} must have shape {list(shape)}, got "
+                                 f"{list(z.shape)}")
 
 
 def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                     rec_scale=None):
+                     rec_scale=None, zoneout_c=None, zoneout_h=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                                     w_hr=w_hr, rec_scale=rec_scale), h0, rec_scale)
+                                     w_hr=w_hr, rec_scale=rec_scale, zoneout_c=zoneout_c,
+                                     zoneout_h=zoneout_h), h0, rec_scale, zoneout_c, zoneout_h,
+                c0)
     rows, hidden, out = x.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
+    # With zoneout on c, c̃ of every row follows c_t's.
+    saved_rows = rows * (2 if zoneout_c is not None else 1)
     return (
         x.new_empty(rows, out),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
         x.new_empty(rows, 4 * hidden),
-        x.new_empty(rows, hidden, dtype=_saved_cells_dtype(x.dtype)),
+        x.new_empty(saved_rows, hidden, dtype=_saved_cells_dtype(x.dtype)),
     )
 
 
 def _lstm_layer_inference_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                                kept_ih=None, kept_hh=None, kept_hr=None, kept_bias=None,
-                               rec_scale=None):
+                               rec_scale=None, zoneout_c=None, zoneout_h=None):
     y, h_n, c_n, _, _ = _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                         reverse, rec_scale)
+                                         reverse, rec_scale, zoneout_c, zoneout_h)
     return y, h_n, c_n
 
 
@@ -78,9 +90,11 @@ def _lstm_inference_fake(x, batch_sizes, h0, c0, weights, kept, has_biases, num_
 
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
                               gates, cells, reverse, output_mask, groups=1, rec_scale=None,
-                              problems=None):
+                              problems=None, zoneout_c=None, zoneout_h=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y,
-                                     rec_scale=rec_scale), h0, rec_scale)
+                                     rec_scale=rec_scale, zoneout_c=zoneout_c,
+                                     zoneout_h=zoneout_h), h0, rec_scale, zoneout_c, zoneout_h,
+                c0)
     _check_saved_fake(x, gates, cells)
     want_input, want_weights, want_bias, want_proj = output_mask
 
@@ -131,7 +145,7 @@ def register(namespace: str):
     # Registrations last as long as their Library object.
     lib = _libraries[namespace] = torch.library.Library(namespace, "IMPL")
     entry = _autograd.register(lib, namespace)
-    # rec_scale's position: after reverse, or after the kept layout.
+    # rec_scale's position (zoneout's follow it): after reverse, or after the kept layout.
     for name, rec_scale_at in (("lstm_layer", 10), ("lstm_layer_inference", 14)):
         torch.library.register_vmap(f"{namespace}::{name}",
                                     _vmap.layer_rule(getattr(ops, name).default, rec_scale_at),

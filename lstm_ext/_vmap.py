@@ -76,14 +76,17 @@ def _unfold_all(op):
 
 def layer_rule(op, rec_scale_at):
     """lstm_layer or lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-    reverse, ..., rec_scale), rec_scale (per sequence) at `rec_scale_at`."""
-    return _folding_rule(op, 1, (0, 2, 3, rec_scale_at), range(4, 9), _unfold_all(op))
+    reverse, ..., rec_scale, zoneout_c, zoneout_h), rec_scale (per sequence) at
+    `rec_scale_at`, zoneout's (per row; with zoneout_c, the saved cells are two blocks of
+    rows, each folded as rows are) after it."""
+    per_sequence = (0, 2, 3, rec_scale_at, rec_scale_at + 1, rec_scale_at + 2)
+    return _folding_rule(op, 1, per_sequence, range(4, 9), _unfold_all(op))
 
 
 def backward_rule(op):
     """lstm_layer_backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
-    cells, reverse, output_mask, groups=1, rec_scale=None, problems=None): the weight
-    gradients come per problem."""
+    cells, reverse, output_mask, groups=1, rec_scale=None, problems=None, zoneout_c=None,
+    zoneout_h=None): the weight gradients come per problem."""
 
     def run(args, n):
         if len(args) > 17 and args[17] is not None:
@@ -99,7 +102,7 @@ def backward_rule(op):
         dims = (1, 1, 1, *((1 if groups > 1 else 0) for _ in per_problem))
         return outputs, tuple(None if o is None else d for o, d in zip(outputs, dims))
 
-    return _folding_rule(op, 4, (0, 1, 2, 3, 5, 6, 10, 11, 12, 16), (7, 8, 9), run)
+    return _folding_rule(op, 4, (0, 1, 2, 3, 5, 6, 10, 11, 12, 16, 18, 19), (7, 8, 9), run)
 
 
 def jvp_rule(op):

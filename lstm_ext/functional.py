@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _onnx, _ops
-from ._checks import check_lstm_args, probability, unpack_group, weights_per_group
+from ._checks import ZONED_OUT, check_lstm_args, probability, unpack_group, weights_per_group
 from ._layouts import KeptLayouts, eager_inference
 
 
@@ -26,6 +26,8 @@ def lstm_layer(
     batch_sizes: Tensor | None = None,
     reverse: bool = False,
     recurrent_scale: Tensor | None = None,
+    zoneout_cell: Tensor | None = None,
+    zoneout_hidden: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Runs one LSTM layer in one direction over a whole sequence, fused.
 
@@ -45,6 +47,13 @@ def lstm_layer(
             enters the recurrent product as ``h_{t-1} * recurrent_scale``, per
             sequence and unit (recurrent dropout's explicit form: its mask over
             1 - p). The output and h_n are h itself. Constant: no gradient.
+        zoneout_cell, zoneout_hidden: zoneout's explicit form, shaped as the
+            output with H and P units (``(T, B, H)``, ``(T, B, P)``, or packed
+            ``(sum(batch_sizes), H)``, ``(sum(batch_sizes), P)``), in x's
+            dtype: at each step, sequence and unit, ``c_t = d * c_{t-1} +
+            (1 - d) * c̃_t`` and ``h_t = d * h_{t-1} + (1 - d) * h̃_t`` with d
+            their value there (0 or 1 in training, the probability in eval),
+            h̃ after the projection if any. Constants: no gradient.
 
     Returns:
         ``(output, (h_n, c_n))``: output is ``(T, B, P)`` for padded input,
@@ -56,13 +65,16 @@ def lstm_layer(
         raise ValueError(
             f"lstm_layer: padded input must be 3-D (T, B, I), got shape {tuple(input.shape)}"
         )
-    if recurrent_scale is not None and recurrent_scale.requires_grad:
-        raise RuntimeError(
-            "lstm_layer: recurrent_scale is a constant (recurrent dropout's mask over 1 - p) "
-            "and gets no gradient; pass recurrent_scale.detach()")
+    for name, t in (("recurrent_scale", recurrent_scale), ("zoneout_cell", zoneout_cell),
+                    ("zoneout_hidden", zoneout_hidden)):
+        if t is not None and t.requires_grad:
+            raise RuntimeError(f"lstm_layer: {name} is a constant (a mask or its expectation) "
+                               f"and gets no gradient; pass {name}.detach()")
     if torch.onnx.is_in_onnx_export():
         if recurrent_scale is not None:
             raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
+        if zoneout_cell is not None or zoneout_hidden is not None:
+            raise RuntimeError(_NO_ONNX_ZONEOUT)
         return _onnx.lstm_layer(input, hx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes=batch_sizes,
                                 reverse=reverse)
     if padded:
@@ -73,8 +85,10 @@ def lstm_layer(
     if hx is None:
         h0, c0 = _zero_state(x, batch, batch_sizes, 1, w_hh)
         hx = h0[0], c0[0]
+    zoneout = tuple(z.flatten(0, 1) if padded and z is not None and z.dim() == 3 else z
+                    for z in (zoneout_cell, zoneout_hidden))
     y, h_n, c_n = _layer(x, batch_sizes, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                         rec_scale=recurrent_scale)
+                         rec_scale=recurrent_scale, zoneout=zoneout)
     if padded:
         y = y.view(steps, batch, y.shape[1])
     return y, (h_n, c_n)
@@ -95,6 +109,8 @@ def lstm(
     kept_layouts: KeptLayouts | None = None,
     weight_drop: float = 0.0,
     recurrent_dropout: float = 0.0,
+    zoneout_hidden: float = 0.0,
+    zoneout_cell: float = 0.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A whole multi-layer LSTM, as ``torch.nn.LSTM`` computes it, on weights you hold.
 
@@ -127,6 +143,15 @@ def lstm(
             per sequence and unit for every step (h0 included) drawn for this
             call (after the weight_drop masks); the output and h_n are h
             itself. ``lstm_layer``'s ``recurrent_scale`` is its explicit form.
+        zoneout_hidden, zoneout_cell: zoneout (Krueger et al.) with these
+            probabilities: at every step, sequence and unit of each layer and
+            direction, ``h_t = d * h_{t-1} + (1 - d) * h̃_t`` (h̃ the LSTM's
+            new h, after the projection if any) and ``c_t = d * c_{t-1} + (1
+            - d) * c̃_t``, with d ~ Bernoulli(p) drawn for this call when
+            ``training`` (after the recurrent dropout masks; one draw of every
+            layer's and direction's h weights, then one of c's), d = p
+            otherwise. ``lstm_layer``'s ``zoneout_hidden`` and
+            ``zoneout_cell`` are its explicit form.
 
     Returns:
         ``(output, (h_n, c_n))``: output ``(T, B, D * P)`` (``(B, T, D * P)`` with
@@ -146,6 +171,8 @@ def lstm(
     check_lstm_args(input, hx, weights, batch_sizes, batch_first, groups)
     dropping_weights = probability("weight_drop", weight_drop) > 0 and training
     dropping_states = probability("recurrent_dropout", recurrent_dropout) > 0 and training
+    zoneout_hidden = probability("zoneout_hidden", zoneout_hidden, ZONED_OUT)
+    zoneout_cell = probability("zoneout_cell", zoneout_cell, ZONED_OUT)
     if dropping_weights:
         weights = _drop_recurrent_weights(weights, per_group, weight_drop)
     if (dropping_weights or dropping_states) and kept_layouts is not None:
@@ -154,6 +181,8 @@ def lstm(
     if torch.onnx.is_in_onnx_export():
         if dropping_states:
             raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
+        if zoneout_hidden or zoneout_cell:
+            raise RuntimeError(_NO_ONNX_ZONEOUT)
         return _onnx.lstm(input, hx, weights, bias=bias, num_layers=num_layers,
                           bidirectional=bidirectional, batch_first=batch_first, dropout=dropout,
                           training=training, batch_sizes=batch_sizes)
@@ -180,9 +209,11 @@ def lstm(
     # Recurrent dropout's m / (1 - p), for every layer and direction at once.
     scales = (_keep_scales(h0.shape, recurrent_dropout, x.dtype, h0.device) if dropping_states
               else None)
+    zoneout = _zoneout_weights(x, groups, h0.shape[2], c0.shape[2], zoneout_hidden,
+                               zoneout_cell, training)
 
     dropping = dropout > 0 and training and num_layers > 1
-    if kept_layouts is not None and not dropping:
+    if kept_layouts is not None and not dropping and zoneout is None:
         # A decode step's Python is most of its time: the whole stack in one op
         # (which opens each layer's profiler range itself).
         kept = kept_layouts.get_all(weights, per_group, bias)
@@ -192,7 +223,7 @@ def lstm(
     else:
         x, h_n, c_n = _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers,
                               directions, dropout if dropping else 0.0, packed, kept_layouts,
-                              scales)
+                              scales, zoneout)
 
     if not packed:
         x = x.view(steps, batch, x.shape[1])
@@ -206,6 +237,26 @@ def _keep_scales(shape, p: float, dtype: torch.dtype, device: torch.device) -> T
     >= p, in float32 whatever dtype (a 16-bit uniform would skew the
     probability); half the time of bernoulli_ or F.dropout on a CPU."""
     return torch.rand(shape, device=device).ge_(p).to(dtype).div_(1 - p)
+
+
+def _zoneout_weights(x: Tensor, groups: int, out: int, hidden: int, p_h: float, p_c: float,
+                     training: bool):
+    """Zoneout's weights of every layer and direction, (groups, rows, P) for
+    h and (groups, rows, H) for c (None where p is 0), or None without
+    zoneout: Bernoulli(p) draws in training (uniforms in float32 below p, as
+    _keep_scales), p itself otherwise (expanded: no memory per row)."""
+    if not p_h and not p_c:
+        return None
+    rows = x.shape[0]
+
+    def weights(p, width):
+        if not p:
+            return None
+        if training:
+            return torch.rand(groups, rows, width, device=x.device).lt_(p).to(x.dtype)
+        return x.new_full((), p).expand(groups, rows, width)
+
+    return weights(p_h, out), weights(p_c, hidden)
 
 
 def _drop_recurrent_weights(weights: Sequence[Tensor], per_group: int, p: float) -> list[Tensor]:
@@ -223,11 +274,16 @@ _NO_ONNX_RECURRENT_DROPOUT = (
     "has no mask on its recurrent input); export the model in eval mode, where it is the "
     "plain LSTM")
 
+_NO_ONNX_ZONEOUT = (
+    "lstm_ext: zoneout has no ONNX form (the ONNX LSTM operator cannot keep a unit's "
+    "previous state), in training or eval")
+
 
 def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, directions,
-            dropout, packed, kept_layouts, scales=None):
+            dropout, packed, kept_layouts, scales=None, zoneout=None):
     """The layers one op call each: output, h_n, c_n; `scales`, recurrent
-    dropout's per layer and direction, or None."""
+    dropout's per layer and direction, or None; `zoneout`, (h's, c's)
+    weights per layer and direction (_zoneout_weights), or None."""
     h0, c0 = h0.unbind(0), c0.unbind(0)
     h_n, c_n = [], []
     with _autocast_rule(x, packed):
@@ -240,7 +296,8 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
                 with _profiler_label(layer, direction):
                     y, h, c = run(x, batch_sizes, h0[k], c0[k], *unpack_group(group, bias),
                                   direction == 1, laid_out,
-                                  None if scales is None else scales[k])
+                                  None if scales is None else scales[k],
+                                  () if zoneout is None else _zoneout_of(zoneout, k))
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
@@ -252,20 +309,27 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
     return x, _stack(h_n), _stack(c_n)
 
 
+def _zoneout_of(zoneout, k):
+    """Layer and direction k's zoneout weights as the op takes them: (c's, h's)."""
+    h, c = zoneout
+    return None if c is None else c[k], None if h is None else h[k]
+
+
 def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
-           rec_scale=None):
-    """The op on packed ``x``: ``(y, h_n, c_n)``. With a kept layout the layer
-    is known to run the eager inference op (eager_inference): straight to it."""
+           rec_scale=None, zoneout=()):
+    """The op on packed ``x``: ``(y, h_n, c_n)``; `zoneout` empty or the op's
+    (zoneout_c, zoneout_h). With a kept layout the layer is known to run the
+    eager inference op (eager_inference): straight to it."""
     if laid_out:
         with torch._C._AutoDispatchBelowAutograd():
             return _ops.lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                             w_hr, reverse, *laid_out, rec_scale)
+                                             w_hr, reverse, *laid_out, rec_scale, *zoneout)
     return _ops.layer_entry(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                            rec_scale)
+                            rec_scale, *zoneout)
 
 
 def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
-                 rec_scale=None):
+                 rec_scale=None, zoneout=()):
     """An empty batch: no rows to run. Results cut from the (empty) input projection
     keep, like nn.LSTM's, their place in the autograd graph."""
     gates = x @ w_ih.t()

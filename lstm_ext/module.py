@@ -6,13 +6,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
-from ._checks import probability
+from ._checks import ZONED_OUT, probability
 from ._layouts import KeptLayouts
 
 
 # The options beyond nn.LSTM, as the module's attributes (a module pickled
 # before one existed loads with its default).
-_OPTIONS = ("weight_drop", "recurrent_dropout")
+_OPTIONS = ("weight_drop", "recurrent_dropout", "zoneout_hidden", "zoneout_cell")
 
 
 class LSTM(nn.LSTM):
@@ -44,13 +44,20 @@ class LSTM(nn.LSTM):
       ``h ⊙ m / (1 - p)``, one Bernoulli(1 - p) mask m per sequence and unit
       drawn per forward call, the same at every step (h0 included); the
       output and the next layer see h. In eval, h.
+    - ``zoneout_hidden=p_h``, ``zoneout_cell=p_c`` (Krueger et al.): in
+      training, at every step, sequence and unit, ``h_t = d ⊙ h_{t-1} +
+      (1 - d) ⊙ h̃_t`` with d ~ Bernoulli(p_h) (h̃ the LSTM's new h, after
+      the projection if any), and ``c_t`` likewise from c̃ with p_c; in eval,
+      d = p (the expectation). The output at step t is h_t.
     """
 
     def __init__(self, *args, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
-                 **kwargs) -> None:
+                 zoneout_hidden: float = 0.0, zoneout_cell: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.weight_drop = probability("weight_drop", weight_drop)
         self.recurrent_dropout = probability("recurrent_dropout", recurrent_dropout)
+        self.zoneout_hidden = probability("zoneout_hidden", zoneout_hidden, ZONED_OUT)
+        self.zoneout_cell = probability("zoneout_cell", zoneout_cell, ZONED_OUT)
 
     def flatten_parameters(self) -> None:
         self.__dict__["_kept_layouts"] = KeptLayouts()
@@ -139,6 +146,8 @@ class LSTM(nn.LSTM):
             kept_layouts=self._kept_layouts,
             weight_drop=self.weight_drop,
             recurrent_dropout=self.recurrent_dropout,
+            zoneout_hidden=self.zoneout_hidden,
+            zoneout_cell=self.zoneout_cell,
         )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)

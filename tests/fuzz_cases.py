@@ -47,7 +47,9 @@ class ModuleCase:
     # 0 by sequences, 1 by hidden units
     native: bool = True  # 16-bit: the native path where the CPU has it, else upcast
     weight_drop: float = 0.0  # lstm_ext.LSTM's option (nn.LSTM: the masked W_hh)
-    recurrent_dropout: float = 0.0  # lstm_ext.LSTM's option (the cell loop's reference)
+    recurrent_dropout: float = 0.0  # lstm_ext.LSTM's options (the cell loop's reference)
+    zoneout_hidden: float = 0.0
+    zoneout_cell: float = 0.0
 
 
 def _tensor(shape, layout, dtype, gen):
@@ -89,7 +91,8 @@ def _modules(c: ModuleCase):
                   bidirectional=c.bidirectional, proj_size=c.proj)
     ref = nn.LSTM(c.I, c.H, **kwargs).to(DTYPES[c.dtype])
     ours = lstm_ext.LSTM(c.I, c.H, **kwargs, weight_drop=c.weight_drop,
-                         recurrent_dropout=c.recurrent_dropout).to(DTYPES[c.dtype])
+                         recurrent_dropout=c.recurrent_dropout, zoneout_hidden=c.zoneout_hidden,
+                         zoneout_cell=c.zoneout_cell).to(DTYPES[c.dtype])
     ours.load_state_dict(ref.state_dict())
     if DTYPES[c.dtype] in REDUCED_TOLERANCE:
         ref = InFloat64(ref)
@@ -205,8 +208,8 @@ def check_weight_drop(c: ModuleCase) -> None:
     _assert_same(c, results, _results(c, ref, masked)[0], tol)
 
 
-def check_recurrent_dropout(c: ModuleCase) -> None:
-    """Training with recurrent_dropout equals the loop of cells of
+def check_cell_loop_options(c: ModuleCase) -> None:
+    """Training with recurrent_dropout and zoneout equals the loop of cells of
     tests/variant_reference.py (float64) on the masks the same seed draws:
     outputs, final states and every gradient; without grad (the inference
     op) the same outputs and states."""
@@ -231,21 +234,33 @@ def check_recurrent_dropout(c: ModuleCase) -> None:
 
 def _reference_with_masks(c: ModuleCase, params: dict, x, hx):
     """The module's results from variant_reference's cell loop in float64, with
-    the recurrent dropout masks lstm_ext.lstm draws first after the seed: of
-    h0's shape, the batch in packed (sorted) order."""
+    the masks lstm_ext.lstm draws after the seed: recurrent dropout's first,
+    of h0's shape (the batch in packed, sorted, order), then zoneout's, of
+    h's and c's (the packed rows of every layer and direction)."""
     D, P = (2 if c.bidirectional else 1), c.proj or c.H
     unbatched, packed = c.kind == "unbatched", isinstance(x, PackedSequence)
     B = 1 if unbatched else c.B
     dtype = DTYPES[c.dtype]
     p = c.recurrent_dropout
-    masks = torch.rand(c.layers * D, B, P).ge_(p).to(dtype).div_(1 - p)
+    masks = torch.rand(c.layers * D, B, P).ge_(p).to(dtype).div_(1 - p) if p else None
+    rows = x.data.shape[0] if packed else c.T * B
+    zoneout = [torch.rand(c.layers * D, rows, width).lt_(z).double() if z else None
+               for z, width in ((c.zoneout_hidden, P), (c.zoneout_cell, c.H))]
     if packed:
         padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(x)
-        if x.unsorted_indices is not None:
+        if x.unsorted_indices is not None and masks is not None:
             masks = masks.index_select(1, x.unsorted_indices)
+
+        def time_major(m):
+            return torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(m, *x[1:]))[0]
     else:
         padded = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if c.batch_first else x)
         lengths = [padded.shape[0]] * padded.shape[1]
+
+        def time_major(m):
+            return m.view(c.T, B, -1)  # padded rows are time-major, batch_first or not
+    # Each (T, B, *) in the input's sequence order, per layer and direction.
+    zoneout = [None if z is None else [time_major(m) for m in z] for z in zoneout]
     if hx is None:
         h0 = torch.zeros(c.layers * D, B, P, dtype=torch.float64)
         c0 = torch.zeros(c.layers * D, B, c.H, dtype=torch.float64)
@@ -257,7 +272,9 @@ def _reference_with_masks(c: ModuleCase, params: dict, x, hx):
     weights = {name: w.double() for name, w in params.items()}
     y, h_n, c_n = variant_reference.reference_lstm(
         case, padded.double(), lengths, h0.double(), c0.double(), weights,
-        {s: weights["weight_hh" + s] for s in suffixes}, dict(zip(suffixes, masks.double())))
+        {s: weights["weight_hh" + s] for s in suffixes},
+        {} if masks is None else dict(zip(suffixes, masks.double())),
+        {s: tuple(0 if z is None else z[k] for z in zoneout) for k, s in enumerate(suffixes)})
     if packed:
         y = torch.nn.utils.rnn.pack_padded_sequence(y, lengths,
                                                     enforce_sorted=x.sorted_indices is None)

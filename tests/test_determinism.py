@@ -10,31 +10,37 @@ import lstm_ext
 from cpu_split import SEQUENCES, UNITS, cpu_split
 
 
-def _run(x, weights, batch_sizes):
-    y, (h_n, c_n) = lstm_ext.lstm_layer(x, None, *weights, batch_sizes=batch_sizes, reverse=True)
+def _run(x, weights, batch_sizes, zoneout=()):
+    y, (h_n, c_n) = lstm_ext.lstm_layer(x, None, *weights, batch_sizes=batch_sizes, reverse=True,
+                                        **dict(zip(("zoneout_cell", "zoneout_hidden"), zoneout)))
     loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + h_n.sum() + c_n.square().sum()
     return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights])]
 
 
+@pytest.mark.parametrize("zoneout", [False, True], ids=["plain", "zoneout"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split, hidden, sizes", [
     (SEQUENCES, 96, [40] * 10 + [31] * 10 + [7] * 5),
     # The other way the CPU shares a step: by hidden units, a barrier per phase.
     (UNITS, 160, [4] * 10 + [3] * 10 + [1] * 5),
 ], ids=["sequences", "units"])
-def test_bitwise_identical_runs(split, hidden, sizes, dtype):
-    """bfloat16 and float16: on the native path where the CPU has it."""
+def test_bitwise_identical_runs(split, hidden, sizes, dtype, zoneout):
+    """bfloat16 and float16: on the native path where the CPU has it; with
+    zoneout's weights given, its passes too."""
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(64, hidden, proj_size=48, dtype=dtype)
     weights = list(lstm.parameters())
     batch_sizes = torch.tensor(sizes)
-    x = torch.randn(int(batch_sizes.sum()), 64, dtype=dtype, requires_grad=True)
+    rows = int(batch_sizes.sum())
+    x = torch.randn(rows, 64, dtype=dtype, requires_grad=True)
+    weights_d = (torch.rand(rows, hidden).lt(0.3).to(dtype), torch.rand(rows, 48).lt(0.3).to(dtype))
+    zoneout = weights_d if zoneout else ()
     with cpu_split(split):
-        first = _run(x, weights, batch_sizes)
+        first = _run(x, weights, batch_sizes, zoneout)
         torch.use_deterministic_algorithms(True)
         try:
             for _ in range(3):
-                for a, b in zip(_run(x, weights, batch_sizes), first):
+                for a, b in zip(_run(x, weights, batch_sizes, zoneout), first):
                     assert torch.equal(a, b)
         finally:
             torch.use_deterministic_algorithms(False)

@@ -338,20 +338,25 @@ def test_recurrent_dropout_refuses_onnx_export_in_training(tmp_path):
 
 
 def test_options_are_kept_by_copies_and_pickles_and_printed():
-    module = lstm_ext.LSTM(3, 4, weight_drop=0.25, recurrent_dropout=0.5)
-    assert "weight_drop=0.25, recurrent_dropout=0.5" in repr(module)
+    options = dict(weight_drop=0.25, recurrent_dropout=0.5, zoneout_hidden=0.1,
+                   zoneout_cell=0.125)
+    module = lstm_ext.LSTM(3, 4, **options)
+    assert ("weight_drop=0.25, recurrent_dropout=0.5, zoneout_hidden=0.1, zoneout_cell=0.125"
+            in repr(module))
     assert "weight_drop" not in repr(lstm_ext.LSTM(3, 4))
     copy = pickle.loads(pickle.dumps(module))
-    assert (copy.weight_drop, copy.recurrent_dropout) == (0.25, 0.5)
+    assert {name: getattr(copy, name) for name in options} == options
     state = module.__getstate__()
-    del state["weight_drop"], state["recurrent_dropout"]  # pickled before the options
+    for name in options:  # pickled before the options
+        del state[name]
     old = lstm_ext.LSTM.__new__(lstm_ext.LSTM)
     old.__setstate__(state)
-    assert (old.weight_drop, old.recurrent_dropout) == (0.0, 0.0)
+    assert all(getattr(old, name) == 0.0 for name in options)
     assert set(module.state_dict()) == set(lstm_ext.LSTM(3, 4).state_dict())
 
 
-@pytest.mark.parametrize("name", ["weight_drop", "recurrent_dropout"])
+@pytest.mark.parametrize("name", ["weight_drop", "recurrent_dropout", "zoneout_hidden",
+                                  "zoneout_cell"])
 @pytest.mark.parametrize("p", [1.0, -0.1, 1.5, True, "0.5", None, float("nan")])
 def test_bad_probabilities_raise_value_error(name, p):
     with pytest.raises(ValueError, match=f"{name} should be a number in range"):

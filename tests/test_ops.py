@@ -88,6 +88,52 @@ def test_bad_rec_scale_raises():
             _ops.lstm_layer(*fake, mode.from_tensor(torch.ones(B, H, dtype=torch.float64)))
 
 
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("which", ["c", "h", "both"])
+def test_opcheck_zoneout(proj, reverse, which):
+    """Zoneout's weights: the layer (its saved cells then hold c̃ too), the
+    inference op, and the backward op on the layer's saved results."""
+    args = op_args(proj, True, reverse)
+    d_c = torch.randint(0, 2, (ROWS, H), dtype=torch.float64) if which != "h" else None
+    d_h = torch.rand(ROWS, P if proj else H, dtype=torch.float64) if which != "c" else None
+    scale = torch.randint(0, 2, (B, P if proj else H), dtype=torch.float64) * 2
+    torch.library.opcheck(_ops.lstm_layer, [*args, scale, d_c, d_h])
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(_ops.lstm_layer_inference,
+                          [*detached, None, None, None, None, None, d_c, d_h])
+    x, bs, h0, c0, w_ih, w_hh, b_ih, _, w_hr, reverse = detached
+    y, _, c_n, gates, cells = _ops.lstm_layer(*detached, None, d_c, d_h)
+    assert cells.shape[0] == (2 if d_c is not None else 1) * ROWS
+    saved = (x, bs, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse)
+    torch.library.opcheck(_ops.lstm_layer_backward, (torch.randn_like(y), None,
+                                                     torch.randn_like(c_n), *saved, [True] * 4,
+                                                     1, None, None, d_c, d_h))
+
+
+def test_bad_zoneout_raises():
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in op_args()]
+    with pytest.raises(RuntimeError, match=r"zoneout_c must have shape \[8, 5\]"):
+        _ops.lstm_layer(*args, None, torch.ones(ROWS, P, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="zoneout_h has dtype Float but x has dtype Double"):
+        _ops.lstm_layer(*args, None, None, torch.ones(ROWS, P))
+    with pytest.raises(RuntimeError, match="zoneout_h is a constant"):
+        _ops.lstm_layer(*args, None, None, torch.ones(ROWS, P, dtype=torch.float64,
+                                                      requires_grad=True))
+    y, _, _, gates, cells = _ops.lstm_layer(*args)
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, reverse = args
+    # The backward of a forward without zoneout_c has no c̃ to read.
+    with pytest.raises(RuntimeError, match=r"cells must have shape \[16, 5\]"):
+        _ops.lstm_layer_backward(torch.ones_like(y), None, None, x, bs, h0, c0, w_ih, w_hh, w_hr,
+                                 y, gates, cells, reverse, [True] * 4, 1, None, None,
+                                 torch.ones(ROWS, H, dtype=torch.float64))
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=r"zoneout_h must have shape \[8, 2\]"):
+            _ops.lstm_layer(*fake, None, None, mode.from_tensor(torch.ones(ROWS, H,
+                                                                           dtype=torch.float64)))
+
+
 def stack_args(proj, bias, bidirectional, kept):
     """lstm_inference's arguments for two layers of op_args' sizes (float64)."""
     torch.manual_seed(0)

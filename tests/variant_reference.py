@@ -12,22 +12,30 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from module_reference import ModuleCase, ModuleProblem, Run
 
 
-def cell(x, h, c, w_ih, w_hh, b, w_hr, s):
+def cell(x, h, c, w_ih, w_hh, b, w_hr, s, d_h=0, d_c=0):
     """One step of one sequence: (h_t, c_t); s scales h where it enters the
-    recurrent product (recurrent dropout), or is 1."""
+    recurrent product (recurrent dropout), or is 1; d_h and d_c are zoneout's
+    weights of the previous h and c (0: none)."""
     a = w_ih @ x + w_hh @ (h * s) + b
     i, f, g, o = a.chunk(4)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return (h if w_hr is None else w_hr @ h), c
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    h_new = h_new if w_hr is None else w_hr @ h_new
+    return d_h * h + (1 - d_h) * h_new, d_c * c + (1 - d_c) * c_new
 
 
-def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dict, rec: dict):
+def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dict, rec: dict,
+                   zoneout: dict | None = None):
     """Output (T, B, D * P) time-major, zero past each length, and h_n, c_n
     (L * D, B, *); x is (T, B, I) time-major. `w_hh` gives each layer and
     direction's recurrent weight by its parameters' suffix ("_l0",
     "_l0_reverse", ...): weight drop's W_hh ⊙ M / (1 - p), or the parameter;
-    `rec` its recurrent dropout's m / (1 - p), (B, P), if any."""
+    `rec` its recurrent dropout's m / (1 - p), (B, P), if any; `zoneout` its
+    zoneout weights (d_h, d_c), each a number or (T, B, P) and (T, B, H)."""
+    zoneout = zoneout or {}
+
+    def at(d, t, s):
+        return d[t, s] if isinstance(d, torch.Tensor) else d
     D = 2 if case.bidirectional else 1
     T, B = x.shape[:2]
     h_n, c_n = [], []
@@ -43,9 +51,11 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
                 h, c = h0[layer * D + d, s], c0[layer * D + d, s]
                 ys = {}
                 steps = range(int(lengths[s]))
+                d_h, d_c = zoneout.get(sfx, (0, 0))
                 for t in reversed(steps) if d else steps:
                     h, c = cell(inputs[t, s], h, c, params["weight_ih" + sfx], w_hh[sfx], b,
-                                w_hr, rec[sfx][s] if sfx in rec else 1)
+                                w_hr, rec[sfx][s] if sfx in rec else 1, at(d_h, t, s),
+                                at(d_c, t, s))
                     ys[t] = h
                 hs.append(h)
                 cs.append(c)
@@ -58,11 +68,12 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
 
 
 def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float,
-                  rec: dict | None = None) -> Run:
+                  rec: dict | None = None, zoneout: dict | None = None) -> Run:
     """ModuleProblem.run's results, loss and gradients from reference_lstm on
     `module`'s parameters (copies), each W_hh times its mask (by suffix;
     none: W_hh itself) over 1 - p; `rec`: recurrent dropout's scales by
-    suffix, (B, P) in the input's sequence order."""
+    suffix, (B, P) in the input's sequence order; `zoneout`: reference_lstm's,
+    masks time-major in the input's sequence order."""
     c = problem.case
     x, h0, c0, _ = problem.inputs(torch.float64)
     params = {name: t.detach().double().requires_grad_() for name, t in module.named_parameters()}
@@ -77,7 +88,7 @@ def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float,
         h0s, c0s = h0s.unsqueeze(1), c0s.unsqueeze(1)
     lengths = problem.lengths if c.input in ("packed", "sorted") else [xs.shape[0]] * xs.shape[1]
     rec = {k: v.double() if batched else v.double().reshape(1, -1) for k, v in (rec or {}).items()}
-    y, h_n, c_n = reference_lstm(c, xs, lengths, h0s, c0s, params, w_hh, rec)
+    y, h_n, c_n = reference_lstm(c, xs, lengths, h0s, c0s, params, w_hh, rec, zoneout)
     if c.input in ("packed", "sorted"):
         output = pack_padded_sequence(y, problem.lengths, enforce_sorted=c.input == "sorted")
         y = output.data

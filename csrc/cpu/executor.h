@@ -13,6 +13,7 @@
 // math and the cell state: float for bfloat16 and float16 (the native path,
 // native.h), scalar_t otherwise.
 
+#include "../cell.h"
 #include "../types.h"
 #include "brgemm_pairs.h"
 #include "gemm.h"
@@ -153,38 +154,66 @@ struct Executor {
     passes.add(dst, a, b, n);
   }
 
-  // Few values per step (a step's rows of h): the compiler's loop suffices.
+  // Few values per step (a step's rows of h): the compiler's loops suffice.
   template <typename T>
   void scale(T* dst, const T* a, const math_t* s, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) dst[i] = T(static_cast<math_t>(a[i]) * s[i]);
+  }
+
+  // dst += a ⊙ s.
+  void add_scaled(math_t* dst, const math_t* a, const math_t* s, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) dst[i] += a[i] * s[i];
+  }
+
+  // Zoneout on h (cell.h): dst = zoneout(dst, prev, d), in math_t.
+  void zoneout(scalar_t* dst, const scalar_t* prev, const math_t* d, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = scalar_t(lstm_ext::zoneout(static_cast<math_t>(dst[i]),
+                                          static_cast<math_t>(prev[i]), d[i]));
+    }
+  }
+
+  // Its backward for dL/dh = a + b: the fresh value's part to `fresh`
+  // (scalar_t or math_t), the previous one's to `kept`.
+  template <typename T>
+  void zoneout_backward(T* fresh, math_t* kept, const math_t* a, const math_t* b,
+                        const math_t* d, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) {
+      math_t f;
+      lstm_ext::zoneout_backward(a[i] + b[i], d[i], f, kept[i]);
+      fresh[i] = T(f);
+    }
   }
 
   // Rows [r0, r1) and units [u0, u1) of one step, gates (row stride 4H) in the
   // gate order: pre-activations less the bias in; their activations out to
   // `activated` (the same layout; it may be gates itself, or null: not kept);
   // bias (4H, PyTorch's order) may be null. Row r's c_{t-1} is row r of c_prev if r <
-  // carried, else of c0. Writes c_t to c_out, h_t to h_out (row stride H).
+  // carried, else of c0. Writes c_t to c_out (which may be c_prev), h_t to
+  // h_out (row stride H). With zoneout weights `zone` (row stride H, or
+  // null), c_t is cell_forward_zoneout's, and c̃ goes to c_fresh when given.
   void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                     const math_t* gates, scalar_t* activated, const math_t* bias,
-                    const math_t* c_prev, const math_t* c0, math_t* c_out,
-                    scalar_t* h_out) const {
+                    const math_t* c_prev, const math_t* c0, const math_t* zone, math_t* c_fresh,
+                    math_t* c_out, scalar_t* h_out) const {
     const Timed timed(Work::cell_forward, (r1 - r0) * (u1 - u0));
     passes.forward(r0, r1, u0, u1, carried, H, gate_group(H), gates, activated, bias, c_prev, c0,
-                   c_out, h_out);
+                   zone, c_fresh, c_out, h_out);
   }
 
-  // Rows and units as in cell_forward. dh (row stride H) plus dh_extra when
+  // Rows and units as in cell_forward. cells: c_t, or with `zone`, c̃.
+  // dh (row stride H) plus dh_extra when
   // given is dL/dh_t. dc_state: dL/dc_t in, dL/dc_{t-1} out. Writes the
   // pre-activation gate gradients to dgates, and in math_t to dgates_wide
   // when given, and, when h_out is given, h_t.
   void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                      const scalar_t* gates, const math_t* cells, const math_t* c_prev,
-                     const math_t* c0, const math_t* dh, const math_t* dh_extra,
-                     math_t* dc_state, scalar_t* dgates, math_t* dgates_wide,
-                     scalar_t* h_out) const {
+                     const math_t* c0, const math_t* zone, const math_t* dh,
+                     const math_t* dh_extra, math_t* dc_state, scalar_t* dgates,
+                     math_t* dgates_wide, scalar_t* h_out) const {
     const Timed timed(Work::cell_backward, (r1 - r0) * (u1 - u0));
-    passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, dh,
-                    dh_extra, dc_state, dgates, dgates_wide, h_out);
+    passes.backward(r0, r1, u0, u1, carried, H, gate_group(H), gates, cells, c_prev, c0, zone,
+                    dh, dh_extra, dc_state, dgates, dgates_wide, h_out);
   }
 
   // Rows and units as in cell_forward; c_{t-1} as there, its tangent from

@@ -50,14 +50,22 @@ struct Cells {
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                       int64_t group, const math_t* gates, scalar_t* activated,
                       const math_t* bias, const math_t* c_prev, const math_t* c0,
-                      math_t* c_out, scalar_t* h_out) {
+                      const math_t* zone, math_t* c_fresh, math_t* c_out, scalar_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const int64_t at = k.row * 4 * H + k.column;
       auto [i, f, gg, o] = load_gates(gates + at, k, bias, H);
       const int64_t e = k.row * H + k.unit;
+      // c_out may be c_prev: read before written.
+      const Vec prev = Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n);
       Vec c, h;
-      lstm_ext::cell_forward<Vec, Act>(i, f, gg, o, Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n),
-                             c, h);
+      if (zone) {
+        Vec fresh;
+        lstm_ext::cell_forward_zoneout<Vec, Act>(i, f, gg, o, prev, Vec::loadu(zone + e, k.n),
+                                                 fresh, c, h);
+        if (c_fresh) fresh.store(c_fresh + e, k.n);
+      } else {
+        lstm_ext::cell_forward<Vec, Act>(i, f, gg, o, prev, c, h);
+      }
       if (activated) {
         scalar_t* a = activated + at;
         store(i, a, k.n);
@@ -72,18 +80,25 @@ struct Cells {
 
   static void backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried,
                        int64_t H, int64_t group, const scalar_t* gates, const math_t* cells,
-                       const math_t* c_prev, const math_t* c0, const math_t* dh,
-                       const math_t* dh_extra, math_t* dc_state, scalar_t* dgates,
-                       math_t* dgates_wide, scalar_t* h_out) {
+                       const math_t* c_prev, const math_t* c0, const math_t* zone,
+                       const math_t* dh, const math_t* dh_extra, math_t* dc_state,
+                       scalar_t* dgates, math_t* dgates_wide, scalar_t* h_out) {
     for_each_chunk(r0, r1, u0, u1, H, group, [=](const Chunk& k) {
       const auto [i, f, g, o] = load_gates(gates + k.row * 4 * H + k.column, k, nullptr, H);
       const int64_t e = k.row * H + k.unit;
       Vec dh_v = Vec::loadu(dh + e, k.n);
       if (dh_extra) dh_v = dh_v + Vec::loadu(dh_extra + e, k.n);
+      const Vec c = Vec::loadu(cells + e, k.n);
+      const Vec prev = Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n);
+      const Vec dc = Vec::loadu(dc_state + e, k.n);
       Vec di, df, dg, do_, dc_prev, h;
-      lstm_ext::cell_backward<Vec, Act>(i, f, g, o, Vec::loadu(cells + e, k.n),
-                              Vec::loadu((k.row < carried ? c_prev : c0) + e, k.n), dh_v,
-                              Vec::loadu(dc_state + e, k.n), di, df, dg, do_, dc_prev, h);
+      if (zone) {
+        lstm_ext::cell_backward_zoneout<Vec, Act>(i, f, g, o, c, prev, Vec::loadu(zone + e, k.n),
+                                                  dh_v, dc, di, df, dg, do_, dc_prev, h);
+      } else {
+        lstm_ext::cell_backward<Vec, Act>(i, f, g, o, c, prev, dh_v, dc, di, df, dg, do_,
+                                          dc_prev, h);
+      }
       const int64_t at = k.row * 4 * H + k.column;
       store(di, dgates + at, k.n);
       store(df, dgates + at + k.stride, k.n);

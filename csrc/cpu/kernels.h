@@ -27,12 +27,13 @@ template <typename math_t, typename scalar_t = math_t>
 struct CellKernels {
   void (*forward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                   int64_t group, const math_t* gates, scalar_t* activated, const math_t* bias,
-                  const math_t* c_prev, const math_t* c0, math_t* c_out, scalar_t* h_out);
+                  const math_t* c_prev, const math_t* c0, const math_t* zone,
+                  math_t* c_fresh, math_t* c_out, scalar_t* h_out);
   void (*backward)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                    int64_t group, const scalar_t* gates, const math_t* cells,
-                   const math_t* c_prev, const math_t* c0, const math_t* dh,
-                   const math_t* dh_extra, math_t* dc_state, scalar_t* dgates,
-                   math_t* dgates_wide, scalar_t* h_out);
+                   const math_t* c_prev, const math_t* c0, const math_t* zone,
+                   const math_t* dh, const math_t* dh_extra, math_t* dc_state,
+                   scalar_t* dgates, math_t* dgates_wide, scalar_t* h_out);
   void (*tangent)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                   int64_t group, const math_t* gates, const math_t* cells,
                   const math_t* c_prev, const math_t* c0, const math_t* t_bias,

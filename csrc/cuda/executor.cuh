@@ -93,25 +93,39 @@ struct Executor {
     launch(n, mul_kernel<scalar_t>, dst, a, s, n);
   }
 
+  void add_scaled(scalar_t* dst, const scalar_t* a, const scalar_t* s, int64_t n) const {
+    launch(n, add_mul_kernel<scalar_t>, dst, a, s, n);
+  }
+
+  void zoneout(scalar_t* dst, const scalar_t* prev, const scalar_t* d, int64_t n) const {
+    launch(n, zoneout_kernel<scalar_t>, dst, prev, d, n);
+  }
+
+  void zoneout_backward(scalar_t* fresh, scalar_t* kept, const scalar_t* a, const scalar_t* b,
+                        const scalar_t* d, int64_t n) const {
+    launch(n, zoneout_backward_kernel<scalar_t>, fresh, kept, a, b, d, n);
+  }
+
   // The semantics of cpu::Executor::cell_forward, cell_backward and
   // cell_tangent, in PyTorch's gate order.
   // Its activations go to gates in place: layer.h passes `activated` apart
   // from gates, and `dgates_wide`, only to executors whose math_t differs
   // from scalar_t.
   void cell_forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
-                    scalar_t* gates, scalar_t* /*activated*/, const scalar_t* bias, const scalar_t* c_prev,
-                    const scalar_t* c0, scalar_t* c_out, scalar_t* h_out) const {
+                    scalar_t* gates, scalar_t* /*activated*/, const scalar_t* bias,
+                    const scalar_t* c_prev, const scalar_t* c0, const scalar_t* zone,
+                    scalar_t* c_fresh, scalar_t* c_out, scalar_t* h_out) const {
     launch((r1 - r0) * (u1 - u0), cell_forward_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
-           gates, bias, c_prev, c0, c_out, h_out);
+           gates, bias, c_prev, c0, zone, c_fresh, c_out, h_out);
   }
 
   void cell_backward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                      const scalar_t* gates, const scalar_t* cells, const scalar_t* c_prev,
-                     const scalar_t* c0, const scalar_t* dh, const scalar_t* dh_extra,
-                     scalar_t* dc_state, scalar_t* dgates, scalar_t* /*dgates_wide*/,
-                     scalar_t* h_out) const {
+                     const scalar_t* c0, const scalar_t* zone, const scalar_t* dh,
+                     const scalar_t* dh_extra, scalar_t* dc_state, scalar_t* dgates,
+                     scalar_t* /*dgates_wide*/, scalar_t* h_out) const {
     launch((r1 - r0) * (u1 - u0), cell_backward_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
-           gates, cells, c_prev, c0, dh, dh_extra, dc_state, dgates, h_out);
+           gates, cells, c_prev, c0, zone, dh, dh_extra, dc_state, dgates, h_out);
   }
 
   void cell_tangent(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,

@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA kernels of the time loop: the fused cell passes over csrc/cell.h
-// and an element-wise sum. Compiled by nvcc for the GPU, and as plain C++
+// and element-wise passes (sums, products, zoneout on h). Compiled by nvcc for the GPU, and as plain C++
 // after csrc/emu/shim.h for the emulated build, so they use only what the
 // shim provides: no shared memory, no barriers, no warp operations. Each
 // thread reads and writes only its own elements, which is also why running
@@ -47,15 +47,23 @@ __device__ __forceinline__ void load_gates(const T* g, const T* bias, int64_t H,
 template <typename T>
 __global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
                                     int64_t carried, int64_t H, T* gates, const T* bias,
-                                    const T* c_prev, const T* c0, T* c_out, T* h_out) {
+                                    const T* c_prev, const T* c0, const T* zone,
+                                    T* c_fresh, T* c_out, T* h_out) {
   const int64_t width = u1 - u0;
   for_each_element((r1 - r0) * width, [&](int64_t e) {
     const int64_t r = r0 + e / width, j = u0 + e % width, s = r * H + j;
     T* g = gates + r * 4 * H + j;
     T i, f, gg, o;
     load_gates(g, bias, H, j, i, f, gg, o);
+    const T prev = (r < carried ? c_prev : c0)[s];
     T c, h;
-    cell_forward(i, f, gg, o, (r < carried ? c_prev : c0)[s], c, h);
+    if (zone) {
+      T fresh;
+      cell_forward_zoneout(i, f, gg, o, prev, zone[s], fresh, c, h);
+      if (c_fresh) c_fresh[s] = fresh;
+    } else {
+      cell_forward(i, f, gg, o, prev, c, h);
+    }
     g[0] = i;
     g[H] = f;
     g[2 * H] = gg;
@@ -69,17 +77,24 @@ __global__ void cell_forward_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t 
 template <typename T>
 __global__ void cell_backward_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
                                      int64_t carried, int64_t H, const T* gates, const T* cells,
-                                     const T* c_prev, const T* c0, const T* dh,
-                                     const T* dh_extra, T* dc_state, T* dgates, T* h_out) {
+                                     const T* c_prev, const T* c0, const T* zone,
+                                     const T* dh, const T* dh_extra, T* dc_state, T* dgates,
+                                     T* h_out) {
   const int64_t width = u1 - u0;
   for_each_element((r1 - r0) * width, [&](int64_t e) {
     const int64_t r = r0 + e / width, j = u0 + e % width, s = r * H + j;
     const T* g = gates + r * 4 * H + j;
     T* dg = dgates + r * 4 * H + j;
     const T dh_total = dh_extra ? dh[s] + dh_extra[s] : dh[s];
+    const T prev = (r < carried ? c_prev : c0)[s], dc = dc_state[s];
     T h;
-    cell_backward(g[0], g[H], g[2 * H], g[3 * H], cells[s], (r < carried ? c_prev : c0)[s],
-                  dh_total, dc_state[s], dg[0], dg[H], dg[2 * H], dg[3 * H], dc_state[s], h);
+    if (zone) {
+      cell_backward_zoneout(g[0], g[H], g[2 * H], g[3 * H], cells[s], prev, zone[s], dh_total,
+                            dc, dg[0], dg[H], dg[2 * H], dg[3 * H], dc_state[s], h);
+    } else {
+      cell_backward(g[0], g[H], g[2 * H], g[3 * H], cells[s], prev, dh_total, dc, dg[0], dg[H],
+                    dg[2 * H], dg[3 * H], dc_state[s], h);
+    }
     if (h_out) h_out[s] = h;
   });
 }
@@ -115,6 +130,22 @@ __global__ void add_kernel(T* dst, const T* a, const T* b, int64_t n) {
 template <typename T>
 __global__ void mul_kernel(T* dst, const T* a, const T* b, int64_t n) {
   for_each_element(n, [&](int64_t e) { dst[e] = a[e] * b[e]; });
+}
+
+template <typename T>
+__global__ void add_mul_kernel(T* dst, const T* a, const T* b, int64_t n) {
+  for_each_element(n, [&](int64_t e) { dst[e] += a[e] * b[e]; });
+}
+
+template <typename T>
+__global__ void zoneout_kernel(T* dst, const T* prev, const T* d, int64_t n) {
+  for_each_element(n, [&](int64_t e) { dst[e] = zoneout(dst[e], prev[e], d[e]); });
+}
+
+template <typename T>
+__global__ void zoneout_backward_kernel(T* fresh, T* kept, const T* a, const T* b, const T* d,
+                                        int64_t n) {
+  for_each_element(n, [&](int64_t e) { zoneout_backward(a[e] + b[e], d[e], fresh[e], kept[e]); });
 }
 
 }  // namespace lstm_ext::cuda
