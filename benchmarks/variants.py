@@ -67,27 +67,44 @@ def weight_drop_models(config: configs.Config, p: float) -> dict[str, nn.Module]
             "nn.LSTM, W_hh parametrized": theirs}
 
 
-class MaskedCellLoop(nn.Module):
-    """Recurrent dropout as users write it: nn.LSTMCell per layer, stepped in
-    Python, h ⊙ m / (1 - p) entering each step's cell."""
+class SteppedCells(nn.Module):
+    """What users write where nn.LSTM has no place for an option: nn.LSTMCell
+    per layer, stepped in Python; `step` runs one cell's step (k: its layer)."""
 
     def __init__(self, lstm: nn.LSTM, p: float):
         super().__init__()
         self.loop, self.p = measure.CellLoop(lstm), p
 
+    def begin(self, zeros):
+        """Draws what a call's steps share."""
+
+    def step(self, k, cell, x_t, h, c):
+        raise NotImplementedError
+
     def forward(self, x):
         cells = self.loop.cells
         zeros = x.new_zeros(x.shape[1], cells[0].hidden_size)
         h, c = [zeros] * len(cells), [zeros] * len(cells)
-        masks = [nn.functional.dropout(torch.ones_like(zeros), self.p, self.training)
-                 for _ in cells]
+        self.begin(zeros)
         out = []
         for x_t in x:
             for k, cell in enumerate(cells):
-                h[k], c[k] = cell(x_t, (h[k] * masks[k], c[k]))
+                h[k], c[k] = self.step(k, cell, x_t, h[k], c[k])
                 x_t = h[k]
             out.append(x_t)
         return torch.stack(out), (torch.stack(h), torch.stack(c))
+
+
+class MaskedCellLoop(SteppedCells):
+    """Recurrent dropout: h ⊙ m / (1 - p) enters each step's cell, one m per
+    layer and call."""
+
+    def begin(self, zeros):
+        self.masks = [nn.functional.dropout(torch.ones_like(zeros), self.p, self.training)
+                      for _ in self.loop.cells]
+
+    def step(self, k, cell, x_t, h, c):
+        return cell(x_t, (h * self.masks[k], c))
 
 
 def recurrent_dropout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
@@ -101,29 +118,14 @@ def recurrent_dropout_models(config: configs.Config, p: float) -> dict[str, nn.M
             "LSTMCell loop, h masked": MaskedCellLoop(reference, p)}
 
 
-class ZoneoutCellLoop(nn.Module):
-    """Zoneout as users write it: nn.LSTMCell per layer, stepped in Python,
-    each step's new h and c kept where a Bernoulli(p) mask drawn for that
-    step says (the previous ones there)."""
+class ZoneoutCellLoop(SteppedCells):
+    """Zoneout: each step's new h and c kept where a Bernoulli(p) mask drawn
+    for that step says (the previous ones there)."""
 
-    def __init__(self, lstm: nn.LSTM, p: float):
-        super().__init__()
-        self.loop, self.p = measure.CellLoop(lstm), p
-
-    def forward(self, x):
-        cells = self.loop.cells
-        zeros = x.new_zeros(x.shape[1], cells[0].hidden_size)
-        h, c = [zeros] * len(cells), [zeros] * len(cells)
-        out = []
-        for x_t in x:
-            for k, cell in enumerate(cells):
-                h_new, c_new = cell(x_t, (h[k], c[k]))
-                d_h, d_c = (torch.rand_like(zeros) < self.p for _ in range(2))
-                h[k] = torch.where(d_h, h[k], h_new)
-                c[k] = torch.where(d_c, c[k], c_new)
-                x_t = h[k]
-            out.append(x_t)
-        return torch.stack(out), (torch.stack(h), torch.stack(c))
+    def step(self, k, cell, x_t, h, c):
+        h_new, c_new = cell(x_t, (h, c))
+        d_h, d_c = (torch.rand_like(h) < self.p for _ in range(2))
+        return torch.where(d_h, h, h_new), torch.where(d_c, c, c_new)
 
 
 def zoneout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:

@@ -97,7 +97,8 @@ LayerOut checked_forward(const LayerDims& d, const Tensor& x, const Tensor& batc
     LayerOut out = layer_forward(ex, d, Steps(batch_sizes.contiguous(), reverse), x.contiguous(),
                                  h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
                                  w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
-                                 contiguous(w_hr), rec_scale, map_zoneout(zoneout, contiguous), save, kept);
+                                 contiguous(w_hr), rec_scale, map_zoneout(zoneout, contiguous),
+                                 save, kept);
     // Natively, c is float inside.
     std::get<2>(out) = std::get<2>(out).to(dtype);
     return out;
@@ -152,7 +153,8 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
         ex, d, Steps(batch_sizes.contiguous(), reverse), grad_mask(output_mask, w_hr.has_value()),
         dy, dh_n, dc_n, x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), y.contiguous(), gates.contiguous(),
-        cells.contiguous(), groups, rec_scale, contiguous(problems), map_zoneout(zoneout, contiguous)));
+        cells.contiguous(), groups, rec_scale, contiguous(problems),
+        map_zoneout(zoneout, contiguous)));
   });
 }
 

@@ -24,7 +24,10 @@
 //       scalar_t, or null
 //   add(dst, a, b, n), dst = a + b in scalar_t
 //   scale(dst, a, s, n), dst = a * s (dst and a in scalar_t or math_t, s in
-//       math_t; dst may be a)
+//       math_t; dst may be a); add_scaled(dst, a, s, n), dst += a * s in math_t
+//   zoneout(dst, prev, d, n), dst = cell.h's zoneout(dst, prev, d), dst and
+//       prev in scalar_t; zoneout_backward(fresh, kept, a, b, d, n), its
+//       backward for a + b (fresh in scalar_t or math_t, kept may be b)
 //   narrow(dst, ld_dst, src, ld_src, rows, cols), src rounded to scalar_t
 //   to_pytorch_gate_order(t, dim, H)
 // Weights are laid out once per call (LaidOut), or kept by the caller between

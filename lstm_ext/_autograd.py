@@ -197,10 +197,12 @@ def _layer_functions(layer, layer_backward, layer_jvp):
             # The tangents being pushed are this jvp's own: forward-mode AD
             # does not differentiate them again (it cannot nest).
             transform, autograd, _ = _routes((*inputs[:9], *tangents))
-            if transform:
+            zoneout = zoneout_c is not None or zoneout_h is not None
+            if transform or (zoneout and torch._C._are_functorch_transforms_active()):
                 t_y, t_h_n, t_c_n = _composite.jvp(inputs, tangents)
-            elif zoneout_c is not None or zoneout_h is not None:
-                # The tangent op has no zoneout: the composite's tangents.
+            elif zoneout:
+                # The tangent op has no zoneout: the composite's tangents, by
+                # reverse mode (forward-mode AD cannot nest here).
                 t_y, t_h_n, t_c_n = _composite.jvp_by_vjp(inputs, tangents, autograd)
             elif autograd:
                 # The tangents can be differentiated by autograd (with

@@ -28,19 +28,21 @@ def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_sca
     for size in sizes[:-1]:
         offsets.append(offsets[-1] + size)
     steps = reversed(range(len(sizes))) if reverse else range(len(sizes))
-    # The recurrent input goes in beside x (PyTorch's cell wants its own h of
-    # size H, which a projected h is not), so the cell's own h is zero.
+    # The recurrent input goes in beside x: one product per step. The cell
+    # is written out (torch's lstm_cell adds in place, which vmap refuses when
+    # only some of its operands are batched).
     w_in = torch.cat([w_ih, w_hh], dim=1)
-    no_h = w_hh.new_zeros(w_hh.shape[0], c0.shape[1])
+    bias = b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh
     h, c, ys = h0, c0, [None] * len(sizes)
     # Sequence r is row r of every step; rows a step does not reach keep their
     # state (a finished sequence's final one, or a reverse sequence's h0/c0).
     for t in steps:
         rows, first = sizes[t], offsets[t]
         h_prev = h[:rows] if rec_scale is None else h[:rows] * rec_scale[:rows]
-        inputs = torch.cat([x[first : first + rows], h_prev], dim=1)
-        h_t, c_t = torch._VF.lstm_cell(inputs, (torch.zeros_like(c[:rows]), c[:rows]), w_in, no_h,
-                                       b_ih, b_hh)
+        a = torch.cat([x[first : first + rows], h_prev], dim=1) @ w_in.t()
+        i, f, g, o = (a if bias is None else a + bias).chunk(4, 1)
+        c_t = f.sigmoid() * c[:rows] + i.sigmoid() * g.tanh()
+        h_t = o.sigmoid() * c_t.tanh()
         if zoneout_c is not None:
             c_t = c_t + zoneout_c[first : first + rows] * (c[:rows] - c_t)
         if w_hr is not None:

@@ -17,7 +17,7 @@ from reference import Case, Problem, assert_same, in_both_directions_and_dtypes,
 from test_module import GRID as MODULE_GRID
 from test_autograd_modes import primals_and_tangents
 from test_gradcheck import CONFIGS, config_id, gradcheck_layer
-from variant_reference import assert_layers_agree_with_recurrent_scale
+from variant_reference import assert_layers_agree_with_options
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -62,7 +62,13 @@ def test_matches_nn_lstm(case):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_recurrent_scale_matches_cpu_op(dtype):
-    assert_layers_agree_with_recurrent_scale(on_device("cuda"), lstm_ext.lstm_layer, dtype)
+    assert_layers_agree_with_options(on_device("cuda"), lstm_ext.lstm_layer, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zoneout_matches_cpu_op(dtype):
+    assert_layers_agree_with_options(on_device("cuda"), lstm_ext.lstm_layer, dtype,
+                                     zoneout=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -126,8 +126,9 @@ def test_decode_stack_matches_cpu_op(kept, dtype):
 @pytest.mark.parametrize("groups, problems", [(5, None), (2, None), (5, [3, 0, 4, 1, 2])])
 @pytest.mark.parametrize("proj", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_backward_groups_on_unequal_lengths(groups, problems, proj, reverse):
+@pytest.mark.parametrize("zoneout", [False, True])
+def test_backward_groups_on_unequal_lengths(groups, problems, proj, reverse, zoneout):
     """The gathered per-problem weight gradients (csrc/layer.h) through the
-    CUDA executor."""
+    CUDA executor, with and without zoneout's weights."""
     assert_groups_match_problems_alone(torch.ops.lstm_ext_emu, groups, reverse=reverse,
-                                       proj=4 * proj, problems=problems)
+                                       proj=4 * proj, problems=problems, zoneout=zoneout)

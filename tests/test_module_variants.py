@@ -22,7 +22,7 @@ from compile_backend import BACKEND
 from module_reference import INPUTS, ModuleCase, ModuleProblem, twins
 from reference import tolerance
 from variant_reference import (assert_close_to_reference,
-                               assert_layers_agree_with_recurrent_scale, reference_run)
+                               assert_layers_agree_with_options, reference_run)
 
 CASES = [
     ModuleCase(layers=layers, bidirectional=bidirectional, proj=proj, input=input,
@@ -121,7 +121,13 @@ def test_options_gradcheck_and_gradgradcheck(option, case):
     """Every input and parameter, with one mask (the seed is set each call),
     reverse and forward mode (recurrent dropout: the fused tangent op), and
     second derivatives (the composite)."""
-    module = variant(case, **{option: 0.5})
+    assert_module_gradchecks(variant(case, **{option: 0.5}), case)
+
+
+def assert_module_gradchecks(module, case):
+    """gradcheck (reverse and forward mode) and gradgradcheck of `module` on
+    case's inputs and every parameter, the seed set before each call (one set
+    of masks)."""
     problem = ModuleProblem(case)
     _, h0, c0, input = problem.inputs()
     packed = isinstance(input, PackedSequence)
@@ -327,7 +333,7 @@ def test_recurrent_scale_on_the_emulated_cuda_op(dtype):
     """The CUDA kernels (emulated) with recurrent_scale: forward, backward and
     forward-mode tangents as the CPU's, packed input, both directions."""
     emulated = pytest.importorskip("emulated")
-    assert_layers_agree_with_recurrent_scale(lstm_ext.lstm_layer, emulated.lstm_layer, dtype)
+    assert_layers_agree_with_options(lstm_ext.lstm_layer, emulated.lstm_layer, dtype)
 
 
 def test_recurrent_dropout_refuses_onnx_export_in_training(tmp_path):

@@ -6,19 +6,19 @@ The random weights d are drawn again from the same seed as lstm_ext.lstm
 draws them (zoneout_masks) and given to the reference; in eval d is p."""
 
 import dataclasses
-import itertools
 
 import pytest
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 import lstm_ext
 from compile_backend import BACKEND
 from module_reference import ModuleCase, ModuleProblem
 from reference import tolerance
-from test_module_variants import CASES, seeded, suffixes, variant
-from variant_reference import assert_close_to_reference, cell, reference_run
+from test_module_variants import CASES, assert_module_gradchecks, seeded, suffixes, variant
+from variant_reference import (assert_close_to_reference, assert_layers_agree_with_options,
+                               cell, reference_run)
 
 P_H, P_C = 0.3, 0.4
 
@@ -138,22 +138,7 @@ def test_zoneout_without_grad_in_training_draws_the_same_weights(case):
 def test_zoneout_gradcheck_and_gradgradcheck(case):
     """Every input and parameter, one set of weights d (the seed is set each
     call); forward mode and second derivatives come from the composite."""
-    module = variant(case, zoneout_hidden=0.5, zoneout_cell=0.5)
-    problem = ModuleProblem(case)
-    _, h0, c0, input = problem.inputs()
-    packed = isinstance(input, PackedSequence)
-    x = (input.data if packed else input).detach().requires_grad_()
-    names = [n for n, _ in module.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
-
-    def fn(x, h0, c0, *params):
-        torch.manual_seed(0)
-        data = PackedSequence(x, *input[1:]) if packed else x
-        out, (h, c) = functional_call(module, dict(zip(names, params)), (data, (h0, c0)))
-        return (out.data if packed else out), h, c
-    args = (x, h0, c0, *params)
-    assert torch.autograd.gradcheck(fn, args, check_forward_ad=True, check_batched_grad=False)
-    assert torch.autograd.gradgradcheck(fn, args)
+    assert_module_gradchecks(variant(case, zoneout_hidden=0.5, zoneout_cell=0.5), case)
 
 
 def test_zoneout_compile_fullgraph():
@@ -256,7 +241,8 @@ def test_layer_explicit_form_matches_the_cell_loop(reverse, proj):
     ref = (torch.stack(ys, 1), torch.stack(hs), torch.stack(cs))
     for a, r in zip((y, h_n, c_n), ref):
         torch.testing.assert_close(a, r)
-    loss = lambda outs: sum((o.sin() * (k + 1)).sum() for k, o in enumerate(outs))  # noqa: E731
+    def loss(outs):
+        return sum((o.sin() * (k + 1)).sum() for k, o in enumerate(outs))
     for a, r in zip(torch.autograd.grad(loss((y, h_n, c_n)), leaves),
                     torch.autograd.grad(loss(ref), ref_leaves)):
         torch.testing.assert_close(a, r)
@@ -281,34 +267,21 @@ def test_layer_zoneout_under_vmap_folds_into_the_batch():
         torch.testing.assert_close(mapped[k], grad(loss)(w_hh, x[k], h0[k], c0[k], d_c[k],
                                                          d_h[k]))
 
+    # Jacobians by forward mode (the composite's tangents) under vmap.
+    def last_h(x, h0, d_c, d_h):
+        return lstm_ext.lstm_layer(x, (h0, c0[0]), w_ih, w_hh, zoneout_cell=d_c,
+                                   zoneout_hidden=d_h)[1][0]
+    jacobians = vmap(torch.func.jacfwd(last_h))(x, h0, d_c, d_h)
+    for k in range(n):
+        torch.testing.assert_close(jacobians[k],
+                                   torch.func.jacrev(last_h)(x[k], h0[k], d_c[k], d_h[k]))
+
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_zoneout_on_the_emulated_cuda_op(dtype):
-    """The CUDA kernels (emulated) with zoneout: forward and backward as the
-    CPU's, packed input, a projection, both directions, with recurrent
-    dropout's scale too."""
     emulated = pytest.importorskip("emulated")
-    gen = torch.Generator().manual_seed(1)
-    batch_sizes = torch.tensor([3, 3, 2, 1])
-    x = torch.randn(9, 4, generator=gen, dtype=dtype)
-    h0 = torch.randn(3, 5, generator=gen, dtype=dtype)
-    c0 = torch.randn(3, 6, generator=gen, dtype=dtype)
-    w_ih, w_hh = (torch.randn(24, k, generator=gen, dtype=dtype) for k in (4, 5))
-    w_hr = torch.randn(5, 6, generator=gen, dtype=dtype)
-    scale = torch.randint(0, 2, (3, 5), generator=gen).to(dtype) * 2
-    d_c = torch.randint(0, 2, (9, 6), generator=gen).to(dtype)
-    d_h = torch.randint(0, 2, (9, 5), generator=gen).to(dtype)
-    for reverse, rec in itertools.product((False, True), (None, scale)):
-        results = []
-        for run in (lstm_ext.lstm_layer, emulated.lstm_layer):
-            leaves = [t.clone().requires_grad_() for t in (x, h0, c0, w_ih, w_hh, w_hr)]
-            y, (h, c) = run(leaves[0], tuple(leaves[1:3]), *leaves[3:5], None, None, leaves[5],
-                            batch_sizes=batch_sizes, reverse=reverse, recurrent_scale=rec,
-                            zoneout_cell=d_c, zoneout_hidden=d_h)
-            grads = torch.autograd.grad(y.sin().sum() + h.sum() + c.square().sum(), leaves)
-            results.append((y, h, c, *grads))
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b)
+    assert_layers_agree_with_options(lstm_ext.lstm_layer, emulated.lstm_layer, dtype,
+                                     zoneout=True)
 
 
 def test_zoneout_weights_are_constants_and_checked():

@@ -237,16 +237,17 @@ def test_opcheck_backward_groups():
                                               (5, [3, 0, 4, 1, 2]), (3, [2, 2, 0, 2, 0])])
 @pytest.mark.parametrize("proj", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("recurrent_scale", [False, True])
-def test_backward_groups_on_unequal_lengths(groups, problems, proj, reverse, recurrent_scale):
+@pytest.mark.parametrize("options", [(), ("recurrent_scale",), ("recurrent_scale", "zoneout")],
+                         ids=["plain", "rec", "rec-zoneout"])
+def test_backward_groups_on_unequal_lengths(groups, problems, proj, reverse, options):
     """Groups that do not divide every step's rows: a problem per sequence
     (5) and sequences sharing one (2, 3), by default or as `problems` says
-    (a problem may have none), with and without recurrent dropout's scale, in
-    float64, float32, bfloat16."""
+    (a problem may have none), with and without recurrent dropout's scale and
+    zoneout's weights, in float64, float32, bfloat16."""
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
         assert_groups_match_problems_alone(_ops, groups, reverse=reverse, proj=4 * proj,
                                            dtype=dtype, tol=tol, problems=problems,
-                                           recurrent_scale=recurrent_scale)
+                                           **{option: True for option in options})
 
 
 def jvp_args(proj=True, tangents=True):

@@ -116,10 +116,11 @@ def assert_close_to_reference(ours: Run, ref: Run, **tol):
                                    msg=lambda m, name=name: f"grad {name}: {m}")
 
 
-def assert_layers_agree_with_recurrent_scale(layer, other, dtype):
+def assert_layers_agree_with_options(layer, other, dtype, zoneout=False):
     """Two implementations of lstm_ext.lstm_layer's signature (CPU and CUDA,
-    real or emulated) agree with a recurrent_scale: outputs, gradients and
-    forward-mode tangents, packed input, a projection, both directions."""
+    real or emulated) agree with a recurrent_scale and, with `zoneout`,
+    zoneout's weights: outputs, gradients and forward-mode tangents, packed
+    input, a projection, both directions."""
     gen = torch.Generator().manual_seed(1)
     batch_sizes = torch.tensor([3, 3, 2, 1])
     x = torch.randn(9, 4, generator=gen, dtype=dtype)
@@ -129,12 +130,15 @@ def assert_layers_agree_with_recurrent_scale(layer, other, dtype):
     w_hr = torch.randn(5, 6, generator=gen, dtype=dtype)
     scale = torch.randint(0, 2, (3, 5), generator=gen).to(dtype) * 2
     tangents = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (x, h0, w_hh)]
+    options = dict(zoneout_cell=torch.randint(0, 2, (9, 6), generator=gen).to(dtype),
+                   zoneout_hidden=torch.randint(0, 2, (9, 5), generator=gen).to(dtype))
     for reverse in (False, True):
         results = []
         for run in (layer, other):
             def fn(x, h0, w_hh, run=run, reverse=reverse):
                 y, (h, c) = run(x, (h0, c0), w_ih, w_hh, None, None, w_hr,
-                                batch_sizes=batch_sizes, reverse=reverse, recurrent_scale=scale)
+                                batch_sizes=batch_sizes, reverse=reverse, recurrent_scale=scale,
+                                **(options if zoneout else {}))
                 return y, h, c
             leaves = [t.clone().requires_grad_() for t in (x, h0, w_hh)]
             y, h, c = fn(*leaves)

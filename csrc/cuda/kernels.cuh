@@ -1,10 +1,11 @@
 #pragma once
 // The CUDA kernels of the time loop: the fused cell passes over csrc/cell.h
-// and element-wise passes (sums, products, zoneout on h). Compiled by nvcc for the GPU, and as plain C++
-// after csrc/emu/shim.h for the emulated build, so they use only what the
-// shim provides: no shared memory, no barriers, no warp operations. Each
-// thread reads and writes only its own elements, which is also why running
-// the threads of a launch one after another (as the emulation does) is exact.
+// and element-wise passes (sums, products, zoneout on h). Compiled by nvcc
+// for the GPU, and as plain C++ after csrc/emu/shim.h for the emulated build,
+// so they use only what the shim provides: no shared memory, no barriers, no
+// warp operations. Each thread reads and writes only its own elements, which
+// is also why running the threads of a launch one after another (as the
+// emulation does) is exact.
 //
 // Launches may have fewer threads than elements: every kernel walks its
 // elements in a grid-stride loop.
