@@ -94,8 +94,10 @@ def jvp_by_vjp(inputs: Sequence, tangents: Sequence[Tensor | None], create_graph
     torch.func.jvp cannot nest: with a graph when `create_graph`."""
     given = [i for i in DIFFERENTIABLE if tangents[i] is not None]
     with torch.enable_grad():
-        primals = [inputs[i] if inputs[i].requires_grad else inputs[i].detach().requires_grad_()
-                   for i in given]
+        # A node of its own per argument: one tensor given twice (b_ih is
+        # b_hh) would otherwise get both arguments' gradient in each place.
+        primals = [inputs[i].view_as(inputs[i]) if inputs[i].requires_grad
+                   else inputs[i].detach().requires_grad_() for i in given]
         outputs = _as_function_of(inputs, given)(*primals)
         cotangents = [torch.zeros_like(o, requires_grad=True) for o in outputs]
         grads = torch.autograd.grad(outputs, primals, cotangents, create_graph=True,

@@ -96,6 +96,9 @@ def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh
                                      zoneout_h=zoneout_h), h0, rec_scale, zoneout_c, zoneout_h,
                 c0)
     _check_saved_fake(x, gates, cells)
+    saved_rows = x.shape[0] * (2 if zoneout_c is not None else 1)
+    torch._check(cells.shape[0] == saved_rows,
+                 lambda: f"lstm_layer: cells must have {saved_rows} rows, got {cells.shape[0]}")
     want_input, want_weights, want_bias, want_proj = output_mask
 
     def per_problem(t, *shape):

@@ -244,7 +244,8 @@ def _zoneout_weights(x: Tensor, groups: int, out: int, hidden: int, p_h: float, 
     """Zoneout's weights of every layer and direction, (groups, rows, P) for
     h and (groups, rows, H) for c (None where p is 0), or None without
     zoneout: Bernoulli(p) draws in training (uniforms in float32 below p, as
-    _keep_scales), p itself otherwise (expanded: no memory per row)."""
+    _keep_scales), p itself otherwise, in x's dtype (expanded here; the op
+    makes its own rows of it)."""
     if not p_h and not p_c:
         return None
     rows = x.shape[0]

@@ -17,23 +17,26 @@ def _run(x, weights, batch_sizes, zoneout=()):
     return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights])]
 
 
-@pytest.mark.parametrize("zoneout", [False, True], ids=["plain", "zoneout"])
+@pytest.mark.parametrize("zoneout, proj", [(False, 48), (True, 48), (True, 0)],
+                         ids=["plain", "zoneout", "zoneout-no-proj"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split, hidden, sizes", [
     (SEQUENCES, 96, [40] * 10 + [31] * 10 + [7] * 5),
     # The other way the CPU shares a step: by hidden units, a barrier per phase.
     (UNITS, 160, [4] * 10 + [3] * 10 + [1] * 5),
 ], ids=["sequences", "units"])
-def test_bitwise_identical_runs(split, hidden, sizes, dtype, zoneout):
+def test_bitwise_identical_runs(split, hidden, sizes, dtype, zoneout, proj):
     """bfloat16 and float16: on the native path where the CPU has it; with
-    zoneout's weights given, its passes too."""
+    zoneout's weights given, its passes too (without a projection, dL/dh̃ has
+    its own buffer)."""
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(64, hidden, proj_size=48, dtype=dtype)
+    lstm = torch.nn.LSTM(64, hidden, proj_size=proj, dtype=dtype)
     weights = list(lstm.parameters())
     batch_sizes = torch.tensor(sizes)
     rows = int(batch_sizes.sum())
     x = torch.randn(rows, 64, dtype=dtype, requires_grad=True)
-    weights_d = (torch.rand(rows, hidden).lt(0.3).to(dtype), torch.rand(rows, 48).lt(0.3).to(dtype))
+    weights_d = (torch.rand(rows, hidden).lt(0.3).to(dtype),
+                 torch.rand(rows, proj or hidden).lt(0.3).to(dtype))
     zoneout = weights_d if zoneout else ()
     with cpu_split(split):
         first = _run(x, weights, batch_sizes, zoneout)

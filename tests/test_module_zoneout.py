@@ -284,6 +284,22 @@ def test_zoneout_on_the_emulated_cuda_op(dtype):
                                      zoneout=True)
 
 
+def test_forward_mode_with_one_tensor_in_two_places():
+    """Forward-mode AD (the composite's tangents by reverse mode) when b_ih is
+    b_hh and requires grad: each place's tangent counts once."""
+    x, h0, c0, w_ih, w_hh, b, _, d_c, d_h = layer_problem()
+    t_b = torch.randn_like(b)
+
+    def run(b_ih, b_hh):
+        return lstm_ext.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, zoneout_cell=d_c,
+                                   zoneout_hidden=d_h)[0]
+    expected = torch.func.jvp(run, (b, b.clone()), (t_b, t_b))[1]
+    with torch.autograd.forward_ad.dual_level():
+        shared = torch.autograd.forward_ad.make_dual(b.clone().requires_grad_(), t_b)
+        tangent = torch.autograd.forward_ad.unpack_dual(run(shared, shared)).tangent
+    torch.testing.assert_close(tangent, expected)
+
+
 def test_zoneout_weights_are_constants_and_checked():
     x, w_ih, w_hh = torch.randn(3, 2, 4), torch.randn(20, 4), torch.randn(20, 5)
     with pytest.raises(RuntimeError, match="zoneout_cell is a constant"):

@@ -119,8 +119,9 @@ def assert_close_to_reference(ours: Run, ref: Run, **tol):
 def assert_layers_agree_with_options(layer, other, dtype, zoneout=False):
     """Two implementations of lstm_ext.lstm_layer's signature (CPU and CUDA,
     real or emulated) agree with a recurrent_scale and, with `zoneout`,
-    zoneout's weights: outputs, gradients and forward-mode tangents, packed
-    input, a projection, both directions."""
+    zoneout's weights: outputs, gradients and forward-mode tangents (with
+    zoneout, the composite's on both sides), packed input, a projection, both
+    directions."""
     gen = torch.Generator().manual_seed(1)
     batch_sizes = torch.tensor([3, 3, 2, 1])
     x = torch.randn(9, 4, generator=gen, dtype=dtype)
