@@ -241,9 +241,9 @@ def _keep_scales(shape, p: float, dtype: torch.dtype, device: torch.device) -> T
 
 def _zoneout_weights(x: Tensor, groups: int, out: int, hidden: int, p_h: float, p_c: float,
                      training: bool):
-    """Zoneout's weights of every layer and direction, (groups, rows, P) for
-    h and (groups, rows, H) for c (None where p is 0), or None without
-    zoneout: Bernoulli(p) draws in training (uniforms in float32 below p, as
+    """Zoneout's weights of every layer and direction in the op's order,
+    (groups, rows, H) for c and (groups, rows, P) for h (None where p is
+    0), or None without zoneout: Bernoulli(p) draws in training (uniforms in float32 below p, as
     _keep_scales), p itself otherwise, in x's dtype (expanded here; the op
     makes its own rows of it)."""
     if not p_h and not p_c:
@@ -257,7 +257,8 @@ def _zoneout_weights(x: Tensor, groups: int, out: int, hidden: int, p_h: float, 
             return torch.rand(groups, rows, width, device=x.device).lt_(p).to(x.dtype)
         return x.new_full((), p).expand(groups, rows, width)
 
-    return weights(p_h, out), weights(p_c, hidden)
+    h = weights(p_h, out)  # drawn first
+    return weights(p_c, hidden), h
 
 
 def _drop_recurrent_weights(weights: Sequence[Tensor], per_group: int, p: float) -> list[Tensor]:
@@ -283,7 +284,7 @@ _NO_ONNX_ZONEOUT = (
 def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, directions,
             dropout, packed, kept_layouts, scales=None, zoneout=None):
     """The layers one op call each: output, h_n, c_n; `scales`, recurrent
-    dropout's per layer and direction, or None; `zoneout`, (h's, c's)
+    dropout's per layer and direction, or None; `zoneout`, (c's, h's)
     weights per layer and direction (_zoneout_weights), or None."""
     h0, c0 = h0.unbind(0), c0.unbind(0)
     h_n, c_n = [], []
@@ -298,7 +299,8 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
                     y, h, c = run(x, batch_sizes, h0[k], c0[k], *unpack_group(group, bias),
                                   direction == 1, laid_out,
                                   None if scales is None else scales[k],
-                                  () if zoneout is None else _zoneout_of(zoneout, k))
+                                  () if zoneout is None else
+                                  tuple(None if w is None else w[k] for w in zoneout))
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
@@ -308,12 +310,6 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
             if dropout > 0 and layer < num_layers - 1:
                 x = torch.dropout(x, dropout, True)
     return x, _stack(h_n), _stack(c_n)
-
-
-def _zoneout_of(zoneout, k):
-    """Layer and direction k's zoneout weights as the op takes them: (c's, h's)."""
-    h, c = zoneout
-    return None if c is None else c[k], None if h is None else h[k]
 
 
 def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
