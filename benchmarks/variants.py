@@ -13,6 +13,8 @@ rounds; the table gives medians and each option's time over plain lstm_ext's
   mask drawn per call where it enters the cell (nn.LSTM has no place for it).
 - zoneout (zoneout_hidden = zoneout_cell = p): the same loop, each step's h
   and c mixed with the previous ones by masks drawn per step.
+- layer_norm (no p): the same loop with haste's LayerNormLSTM cell written
+  in PyTorch (layer_norm of both products and of c).
 
     python benchmarks/variants.py
     python benchmarks/variants.py --threads 1 --config "B=64,T=100,I=512,H=512"
@@ -107,15 +109,22 @@ class MaskedCellLoop(SteppedCells):
         return cell(x_t, (h * self.masks[k], c))
 
 
-def recurrent_dropout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
+def against_a_cell_loop(config: configs.Config, name: str, loop: nn.Module,
+                        **options) -> dict[str, nn.Module]:
+    """Plain lstm_ext, lstm_ext with `options` and `loop` (a SteppedCells
+    class, given p) on one nn.LSTM's weights."""
     torch.manual_seed(0)
     plain = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers)
-    ours = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers, recurrent_dropout=p)
-    ours.load_state_dict(plain.state_dict())
+    ours = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers, **options)
+    ours.load_state_dict(plain.state_dict(), strict=False)  # LayerNorm's own stay
     reference = nn.LSTM(config.I, config.H, num_layers=config.layers)
     reference.load_state_dict(plain.state_dict())
-    return {"lstm_ext": plain, "lstm_ext recurrent_dropout": ours,
-            "LSTMCell loop, h masked": MaskedCellLoop(reference, p)}
+    return {"lstm_ext": plain, f"lstm_ext {name}": ours, f"LSTMCell loop, {name}": loop(reference)}
+
+
+def recurrent_dropout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
+    return against_a_cell_loop(config, "recurrent_dropout",
+                               lambda lstm: MaskedCellLoop(lstm, p), recurrent_dropout=p)
 
 
 class ZoneoutCellLoop(SteppedCells):
@@ -129,19 +138,37 @@ class ZoneoutCellLoop(SteppedCells):
 
 
 def zoneout_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
-    torch.manual_seed(0)
-    plain = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers)
-    ours = lstm_ext.LSTM(config.I, config.H, num_layers=config.layers, zoneout_hidden=p,
-                         zoneout_cell=p)
-    ours.load_state_dict(plain.state_dict())
-    reference = nn.LSTM(config.I, config.H, num_layers=config.layers)
-    reference.load_state_dict(plain.state_dict())
-    return {"lstm_ext": plain, "lstm_ext zoneout": ours,
-            "LSTMCell loop, zoneout": ZoneoutCellLoop(reference, p)}
+    return against_a_cell_loop(config, "zoneout", lambda lstm: ZoneoutCellLoop(lstm, p),
+                               zoneout_hidden=p, zoneout_cell=p)
+
+
+class LayerNormCellLoop(SteppedCells):
+    """LayerNorm LSTM as users write it (haste's formula): per step and layer,
+    LN of x W_ih^T and of h W_hh^T over the gates, LN of c before its tanh."""
+
+    def __init__(self, lstm: nn.LSTM, p: float):
+        super().__init__(lstm, p)  # p unused
+        self.norms = nn.ModuleList(
+            nn.ModuleList([nn.LayerNorm(4 * cell.hidden_size, bias=False),
+                           nn.LayerNorm(4 * cell.hidden_size, bias=False),
+                           nn.LayerNorm(cell.hidden_size)]) for cell in self.loop.cells)
+
+    def step(self, k, cell, x_t, h, c):
+        ln_ih, ln_hh, ln_c = self.norms[k]
+        gates = (ln_ih(x_t @ cell.weight_ih.t()) + ln_hh(h @ cell.weight_hh.t()) + cell.bias_ih
+                 + cell.bias_hh)
+        i, f, g, o = gates.chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * ln_c(c).tanh(), c
+
+
+def layer_norm_models(config: configs.Config, p: float) -> dict[str, nn.Module]:
+    return against_a_cell_loop(config, "layer_norm", lambda lstm: LayerNormCellLoop(lstm, p),
+                               layer_norm=True)
 
 
 OPTIONS = {"weight_drop": weight_drop_models, "recurrent_dropout": recurrent_dropout_models,
-           "zoneout": zoneout_models}
+           "zoneout": zoneout_models, "layer_norm": layer_norm_models}
 
 
 def main() -> None:
@@ -164,7 +191,8 @@ def main() -> None:
             plain, ours, today = (per_round[n] for n in models)
             over_plain = statistics.median(a / b for a, b in zip(ours, plain))
             over_today = statistics.median(a / b for a, b in zip(today, ours))
-            print(f"| {config.name} | {option}={args.p} | {ms[0]:.1f} | {ms[1]:.1f} "
+            label = option if option == "layer_norm" else f"{option}={args.p}"  # LN has no p
+            print(f"| {config.name} | {label} | {ms[0]:.1f} | {ms[1]:.1f} "
                   f"| {over_plain:.2f}x | {ms[2]:.1f} | {over_today:.2f}x |", flush=True)
 
 

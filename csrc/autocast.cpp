@@ -19,18 +19,20 @@ Out layer_autocast(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
                    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                    const OptTensor& b_hh, const OptTensor& w_hr, bool reverse, Kept... kept,
                    const OptTensor& rec_scale, const OptTensor& zoneout_c,
-                   const OptTensor& zoneout_h) {
+                   const OptTensor& zoneout_h, const OptTensor& ln_ih, const OptTensor& ln_hh,
+                   const OptTensor& ln_c_weight, const OptTensor& ln_c_bias) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device));
   const auto dtype = at::autocast::get_lower_precision_fp_from_device_type(device);
   const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
   using Fn = Out(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                  const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool,
-                 Kept..., const OptTensor&, const OptTensor&, const OptTensor&);
+                 Kept..., const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                 const OptTensor&, const OptTensor&, const OptTensor&);
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
   return op.call(cast(x), batch_sizes, cast(h0), cast(c0), cast(w_ih), cast(w_hh), cast(b_ih),
                  cast(b_hh), cast(w_hr), reverse, kept..., cast(rec_scale), cast(zoneout_c),
-                 cast(zoneout_h));
+                 cast(zoneout_h), cast(ln_ih), cast(ln_hh), cast(ln_c_weight), cast(ln_c_bias));
 }
 
 constexpr char kLayer[] = "lstm_ext::lstm_layer";
@@ -41,9 +43,11 @@ LayerOut layer_rule(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0
                     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                     const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
                     const OptTensor& rec_scale, const OptTensor& zoneout_c,
-                    const OptTensor& zoneout_h) {
+                    const OptTensor& zoneout_h, const OptTensor& ln_ih, const OptTensor& ln_hh,
+                    const OptTensor& ln_c_weight, const OptTensor& ln_c_bias) {
   return layer_autocast<device, kLayer, LayerOut>(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                  w_hr, reverse, rec_scale, zoneout_c, zoneout_h);
+                                                  w_hr, reverse, rec_scale, zoneout_c, zoneout_h,
+                                                  ln_ih, ln_hh, ln_c_weight, ln_c_bias);
 }
 
 // A kept layout is of the weights as they were, not cast: the cast ones are
@@ -55,12 +59,14 @@ LayerOutputs inference_autocast(const Tensor& x, const Tensor& batch_sizes, cons
                                 const OptTensor& w_hr, bool reverse, const OptTensor&,
                                 const OptTensor&, const OptTensor&, const OptTensor&,
                                 const OptTensor& rec_scale, const OptTensor& zoneout_c,
-                                const OptTensor& zoneout_h) {
+                                const OptTensor& zoneout_h, const OptTensor& ln_ih,
+                                const OptTensor& ln_hh, const OptTensor& ln_c_weight,
+                                const OptTensor& ln_c_bias) {
   const OptTensor none;
   return layer_autocast<device, kInference, LayerOutputs, const OptTensor&, const OptTensor&,
                         const OptTensor&, const OptTensor&>(
       x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, none, none, none, none,
-      rec_scale, zoneout_c, zoneout_h);
+      rec_scale, zoneout_c, zoneout_h, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
 }
 
 template <c10::DeviceType device>

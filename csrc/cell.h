@@ -1,5 +1,6 @@
 #pragma once
-// The LSTM equations, forward and backward, for one hidden unit of one row.
+// The LSTM equations, forward and backward, for one hidden unit of one row
+// (and the row statistics of its LayerNorm variant).
 // Every kernel in the project (CPU vectorised, CUDA, emulated CUDA) calls
 // these and nothing else writes gate math. Gate order is PyTorch's: i, f, g, o.
 //
@@ -47,6 +48,29 @@ LSTM_HOST_DEVICE void cell_forward(T& i, T& f, T& g, T& o, T c_prev, T& c, T& h)
   h = o * A::tanh(c);
 }
 
+// The halves of cell_backward. Output: from dL/dh_t, with tanh_c the tanh of
+// what h was made from (c_t, or with LayerNorm LN(c̃)): dL/d(o's
+// pre-activation), dL/d(that value), and h_t recomputed.
+template <typename T>
+LSTM_HOST_DEVICE void cell_backward_output(T o, T tanh_c, T dh, T& do_, T& dc_out, T& h) {
+  const T one(1);
+  h = o * tanh_c;
+  dc_out = dh * o * (one - tanh_c * tanh_c);
+  do_ = dh * tanh_c * o * (one - o);
+}
+
+// State: from dL/dc_t in total, the gradients of i, f, g's pre-activations
+// and dL/dc_{t-1}.
+template <typename T>
+LSTM_HOST_DEVICE void cell_backward_state(T i, T f, T g, T c_prev, T dc, T& di, T& df, T& dg,
+                                          T& dc_prev) {
+  const T one(1);
+  di = dc * g * i * (one - i);
+  df = dc * c_prev * f * (one - f);
+  dg = dc * i * (one - g * g);
+  dc_prev = dc * f;
+}
+
 // In: the activated gates, c_t, c_{t-1}, the total dL/dh_t and dL/dc_t carried
 // back from step t+1. Out: dL/d(gate pre-activations), dL/dc_{t-1}, and h_t
 // recomputed (the projection's weight gradient needs it; saving it would cost
@@ -54,15 +78,9 @@ LSTM_HOST_DEVICE void cell_forward(T& i, T& f, T& g, T& o, T c_prev, T& c, T& h)
 template <typename T, typename A = Activations<T>>
 LSTM_HOST_DEVICE void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_next,
                                     T& di, T& df, T& dg, T& do_, T& dc_prev, T& h) {
-  const T one(1);
-  const T tc = A::tanh(c);
-  h = o * tc;
-  const T dc = dc_next + dh * o * (one - tc * tc);
-  do_ = dh * tc * o * (one - o);
-  di = dc * g * i * (one - i);
-  df = dc * c_prev * f * (one - f);
-  dg = dc * i * (one - g * g);
-  dc_prev = dc * f;
+  T dc_out;
+  cell_backward_output(o, A::tanh(c), dh, do_, dc_out, h);
+  cell_backward_state(i, f, g, c_prev, dc_next + dc_out, di, df, dg, dc_prev);
 }
 
 // Forward-mode derivative of cell_forward. In: the activated gates, c_t,
@@ -117,6 +135,61 @@ LSTM_HOST_DEVICE void cell_backward_zoneout(T i, T f, T g, T o, T c_fresh, T c_p
   dc_prev = dc_prev + dc_kept;
 }
 
+// LayerNorm's statistics of a row of n values: their mean from their sum,
+// then 1 / sqrt(variance + 1e-5) from the sum of their squared deviations
+// from it (biased variance, two passes). Kernels that sum in vectors call
+// the two halves; layer_norm_stats sums get(0), ..., get(n - 1) one by one.
+template <typename T>
+LSTM_HOST_DEVICE T layer_norm_mean(T sum, int64_t n) {
+  return sum / T(n);
+}
+
+template <typename T>
+LSTM_HOST_DEVICE T layer_norm_rstd(T squares, int64_t n) {
+  using std::sqrt;
+  return T(1) / sqrt(squares / T(n) + T(1e-5));
+}
+
+template <typename T, typename Get>
+LSTM_HOST_DEVICE void layer_norm_stats(int64_t n, const Get& get, T& mean, T& rstd) {
+  T sum(0);
+  for (int64_t i = 0; i < n; ++i) sum += get(i);
+  mean = layer_norm_mean(sum, n);
+  T squares(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = get(i) - mean;
+    squares += v * v;
+  }
+  rstd = layer_norm_rstd(squares, n);
+}
+
+// A value normalised by its row's statistics: v̂ = (v - mean) rstd.
+template <typename T>
+LSTM_HOST_DEVICE T layer_norm_normalised(T v, T mean, T rstd) {
+  return (v - mean) * rstd;
+}
+
+// LayerNorm's backward for one of a row's values: dL/dv from dy_gamma =
+// dL/dy ⊙ γ at it (y = v̂ γ (+ β)), v̂ there, the row's means m1 of dy_gamma
+// and m2 of dy_gamma ⊙ v̂ (layer_norm_mean of their sums), and its rstd.
+template <typename T>
+LSTM_HOST_DEVICE T layer_norm_backward(T dy_gamma, T v_hat, T m1, T m2, T rstd) {
+  return rstd * (dy_gamma - m1 - v_hat * m2);
+}
+
+// tanh(LN(c̃; γ, β)) for one unit of c̃ (haste's LayerNormLSTM), mean and
+// rstd c̃'s row's: what h is made from, and its backward's tanh.
+template <typename T, typename A = Activations<T>>
+LSTM_HOST_DEVICE T cell_tanh_layer_norm(T c, T mean, T rstd, T gamma, T beta) {
+  return A::tanh(layer_norm_normalised(c, mean, rstd) * gamma + beta);
+}
+
+// h with LayerNorm on c̃: σ(o)·tanh(LN(c̃; γ, β)), o activated.
+template <typename T, typename A = Activations<T>>
+LSTM_HOST_DEVICE T cell_output_layer_norm(T o, T c, T mean, T rstd, T gamma, T beta) {
+  return o * cell_tanh_layer_norm<T, A>(c, mean, rstd, gamma, beta);
+}
+
 #if !defined(__CUDACC__)
 // Both from one exp and one division. Sleef's tanh, behind Vectorized::tanh,
 // costs several times more; this form loses relative (not absolute) accuracy
@@ -153,6 +226,16 @@ struct PolynomialExp {
 };
 
 using RoundedActivations = VectorActivations<at::vec::Vectorized<float>, PolynomialExp>;
+
+// Sleef's tanh, within 1 ulp also near 0, for the LayerNorm variant: the
+// next layer's LayerNorm divides by its rows' spread, so it sees the relative
+// error of h, which the one-exp form above makes large near 0 (float32 layers
+// measured 3-6x less accurate than a float32 loop of cells with it; as
+// accurate with this).
+template <typename V>
+struct PreciseActivations : Activations<V> {
+  static V tanh(V x) { return x.tanh(); }
+};
 #endif
 
 }  // namespace lstm_ext

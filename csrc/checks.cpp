@@ -161,6 +161,18 @@ void check_zoneout(const LayerDims& d, const Tensor& x, const Zoneout& zoneout) 
   }
 }
 
+void check_layer_norm(const LayerDims& d, const Tensor& x, const LayerNorm& ln) {
+  const int given = ln.ih.has_value() + ln.hh.has_value() + ln.c_weight.has_value() +
+                    ln.c_bias.has_value();
+  TORCH_CHECK(given == 0 || given == 4,
+              "lstm_layer: LayerNorm's weights ln_ih, ln_hh, ln_c_weight, ln_c_bias are given "
+              "all four or none, got ", given);
+  check_optional(ln.ih, "ln_ih", {4 * d.hidden}, x);
+  check_optional(ln.hh, "ln_hh", {4 * d.hidden}, x);
+  check_optional(ln.c_weight, "ln_c_weight", {d.hidden}, x);
+  check_optional(ln.c_bias, "ln_c_bias", {d.hidden}, x);
+}
+
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj) {
   check_optional(t.x, "dx", {d.rows, d.input}, x);
   check_optional(t.h0, "dh0", {d.batch, d.out}, x);

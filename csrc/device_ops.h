@@ -30,10 +30,15 @@ inline OptTensor to_float(const OptTensor& t) {
   return t.has_value() ? OptTensor(t->to(at::kFloat)) : std::nullopt;
 }
 
-// The same for both of zoneout's weights.
+// The same for both of zoneout's weights, or LayerNorm's four.
 template <typename Fn>
 Zoneout map_zoneout(const Zoneout& z, const Fn& fn) {
   return {fn(z.c), fn(z.h)};
+}
+
+template <typename Fn>
+LayerNorm map_layer_norm(const LayerNorm& ln, const Fn& fn) {
+  return {fn(ln.ih), fn(ln.hh), fn(ln.c_weight), fn(ln.c_bias)};
 }
 
 inline Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
@@ -82,7 +87,8 @@ LayerOut checked_forward(const LayerDims& d, const Tensor& x, const Tensor& batc
                          const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                          const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                          const OptTensor& w_hr, const OptTensor& rec_scale,
-                         const Zoneout& zoneout, bool reverse, bool save, const LaidOut* kept) {
+                         const Zoneout& zoneout, const LayerNorm& ln, bool reverse, bool save,
+                         const LaidOut* kept) {
   const auto dtype = x.scalar_type();
   const auto upcast = [&] {
     const auto weight = [&](const Tensor& w) { return kept ? w : w.to(at::kFloat); };
@@ -90,7 +96,7 @@ LayerOut checked_forward(const LayerDims& d, const Tensor& x, const Tensor& batc
     auto [y, h_n, c_n, gates, cells] = checked_forward<Executor>(
         d, x.to(at::kFloat), batch_sizes, h0.to(at::kFloat), c0.to(at::kFloat), weight(w_ih),
         weight(w_hh), optional(b_ih), optional(b_hh), optional(w_hr), to_float(rec_scale),
-        map_zoneout(zoneout, to_float), reverse, save, kept);
+        map_zoneout(zoneout, to_float), map_layer_norm(ln, to_float), reverse, save, kept);
     return LayerOut{y.to(dtype), h_n.to(dtype), c_n.to(dtype), to_dtype(gates, dtype), cells};
   };
   return in_dtype<Executor, true, LayerOut>(dtype, upcast, [&](auto& ex) {
@@ -98,7 +104,7 @@ LayerOut checked_forward(const LayerDims& d, const Tensor& x, const Tensor& batc
                                  h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
                                  w_hh.contiguous(), contiguous(b_ih), contiguous(b_hh),
                                  contiguous(w_hr), rec_scale, map_zoneout(zoneout, contiguous),
-                                 save, kept);
+                                 map_layer_norm(ln, contiguous), save, kept);
     // Natively, c is float inside.
     std::get<2>(out) = std::get<2>(out).to(dtype);
     return out;
@@ -111,14 +117,15 @@ template <template <typename> class Executor>
 LayerOut forward_op(c10::DeviceType device, const Tensor& x, const Tensor& batch_sizes,
                     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                    const OptTensor& rec_scale, const Zoneout& zoneout, bool reverse, bool save,
-                    const LaidOut* kept) {
+                    const OptTensor& rec_scale, const Zoneout& zoneout, const LayerNorm& ln,
+                    bool reverse, bool save, const LaidOut* kept) {
   const LayerDims d = check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_device_and_dtype(x, device);
   check_rec_scale(d, x, rec_scale);
   check_zoneout(d, x, zoneout);
+  check_layer_norm(d, x, ln);
   return checked_forward<Executor>(d, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                   rec_scale, zoneout, reverse, save, kept);
+                                   rec_scale, zoneout, ln, reverse, save, kept);
 }
 
 template <template <typename> class Executor>
@@ -128,11 +135,12 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
                        const OptTensor& w_hr, const Tensor& y, const Tensor& gates,
                        const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
                        int64_t groups, const OptTensor& rec_scale, const OptTensor& problems,
-                       const Zoneout& zoneout) {
+                       const Zoneout& zoneout, const LayerNorm& ln) {
   const LayerDims d =
       check_layer_args(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   check_device_and_dtype(x, device);
   check_saved(d, x, y, gates, cells, zoneout.c.has_value());
+  check_layer_norm(d, x, ln);
   check_backward_args(d, x, dy, dh_n, dc_n, groups, problems);
   check_rec_scale(d, x, rec_scale);
   check_zoneout(d, x, zoneout);
@@ -146,7 +154,8 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
         device, to_float(dy), to_float(dh_n), to_float(dc_n), x.to(at::kFloat), batch_sizes,
         h0.to(at::kFloat), c0.to(at::kFloat), w_ih.to(at::kFloat), w_hh.to(at::kFloat),
         to_float(w_hr), y.to(at::kFloat), gates.to(at::kFloat), cells, reverse, output_mask,
-        groups, to_float(rec_scale), problems, map_zoneout(zoneout, to_float)));
+        groups, to_float(rec_scale), problems, map_zoneout(zoneout, to_float),
+        map_layer_norm(ln, to_float)));
   };
   return in_dtype<Executor, true, LayerGrads>(dtype, upcast, [&](auto& ex) {
     return in_dtype_of_x(layer_backward(
@@ -154,7 +163,7 @@ LayerGrads backward_op(c10::DeviceType device, const OptTensor& dy, const OptTen
         dy, dh_n, dc_n, x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
         w_hh.contiguous(), contiguous(w_hr), y.contiguous(), gates.contiguous(),
         cells.contiguous(), groups, rec_scale, contiguous(problems),
-        map_zoneout(zoneout, contiguous)));
+        map_zoneout(zoneout, contiguous), map_layer_norm(ln, contiguous)));
   });
 }
 
@@ -231,8 +240,8 @@ LayerOutputs stack_inference_op(c10::DeviceType device, const Tensor& x,
       }
       auto [y, h, c, gates, cells] =
           forward_op<Executor>(device, input, batch_sizes, h0[k], c0[k], w[0], w[1], b_ih, b_hh,
-                               w_hr, std::nullopt, Zoneout{}, direction == 1, false,
-                               given(laid_out));
+                               w_hr, std::nullopt, Zoneout{}, LayerNorm{}, direction == 1,
+                               false, given(laid_out));
       outputs.push_back(std::move(y));
       h_n.push_back(std::move(h));
       c_n.push_back(std::move(c));
@@ -290,10 +299,13 @@ struct DeviceOps {
                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
                           bool reverse, const OptTensor& rec_scale, const OptTensor& zoneout_c,
-                          const OptTensor& zoneout_h) {
+                          const OptTensor& zoneout_h, const OptTensor& ln_ih,
+                          const OptTensor& ln_hh, const OptTensor& ln_c_weight,
+                          const OptTensor& ln_c_bias) {
     const Guard guard(x);
     return forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                rec_scale, Zoneout{zoneout_c, zoneout_h}, reverse, true,
+                                rec_scale, Zoneout{zoneout_c, zoneout_h},
+                                LayerNorm{ln_ih, ln_hh, ln_c_weight, ln_c_bias}, reverse, true,
                                 nullptr);
   }
 
@@ -303,13 +315,16 @@ struct DeviceOps {
                                 const OptTensor& w_hr, bool reverse, const OptTensor& kept_ih,
                                 const OptTensor& kept_hh, const OptTensor& kept_hr,
                                 const OptTensor& kept_bias, const OptTensor& rec_scale,
-                                const OptTensor& zoneout_c, const OptTensor& zoneout_h) {
+                                const OptTensor& zoneout_c, const OptTensor& zoneout_h,
+                                const OptTensor& ln_ih, const OptTensor& ln_hh,
+                                const OptTensor& ln_c_weight, const OptTensor& ln_c_bias) {
     const Guard guard(x);
     const LaidOut kept{value_or_undefined(kept_ih), value_or_undefined(kept_hh),
                        value_or_undefined(kept_hr), value_or_undefined(kept_bias)};
     auto [y, h_n, c_n, gates, cells] =
         forward_op<Executor>(device, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                             rec_scale, Zoneout{zoneout_c, zoneout_h}, reverse, false,
+                             rec_scale, Zoneout{zoneout_c, zoneout_h},
+                             LayerNorm{ln_ih, ln_hh, ln_c_weight, ln_c_bias}, reverse, false,
                              given(kept));
     return {y, h_n, c_n};
   }
@@ -340,11 +355,14 @@ struct DeviceOps {
                              const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
                              int64_t groups, const OptTensor& rec_scale,
                              const OptTensor& problems, const OptTensor& zoneout_c,
-                             const OptTensor& zoneout_h) {
+                             const OptTensor& zoneout_h, const OptTensor& ln_ih,
+                             const OptTensor& ln_hh, const OptTensor& ln_c_weight,
+                             const OptTensor& ln_c_bias) {
     const Guard guard(x);
     return backward_op<Executor>(device, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
                                  w_hr, y, gates, cells, reverse, output_mask, groups, rec_scale,
-                                 problems, Zoneout{zoneout_c, zoneout_h});
+                                 problems, Zoneout{zoneout_c, zoneout_h},
+                                 LayerNorm{ln_ih, ln_hh, ln_c_weight, ln_c_bias});
   }
 
   static LayerOutputs jvp(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,

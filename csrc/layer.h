@@ -54,6 +54,8 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -209,12 +211,32 @@ inline StepRows per_sequence(StepRows r) {
 template <typename Ex, typename scalar_t, typename math_t>
 void recurrent_product(Ex& ex, const StepRows& r, int64_t a, int64_t b, int64_t P, int64_t G,
                        const Rows<scalar_t>& out, const Rows<const scalar_t>& out0,
-                       const scalar_t* w_hh_t, math_t* gates_t) {
+                       const scalar_t* w_hh_t, math_t* gates_t, bool accumulate = true) {
   const scalar_t* w = ex.column(w_hh_t, P, 4 * a);
   ex.step_gemm(r.split - r.first, 4 * (b - a), P, out.at(r.prev + r.first), P, w, G,
-               gates_t + r.first * G + 4 * a, G, true);
+               gates_t + r.first * G + 4 * a, G, accumulate);
   ex.step_gemm(r.rows - r.split, 4 * (b - a), P, out0.at(r.split), P, w, G,
-               gates_t + r.split * G + 4 * a, G, true);
+               gates_t + r.split * G + 4 * a, G, accumulate);
+}
+
+// LayerNorm's weights in math_t, its gate scales in the executor's gate
+// order (undefined without LayerNorm).
+struct LayerNormWeights {
+  Tensor ih, hh, c_weight, c_bias;
+};
+
+template <typename Ex>
+LayerNormWeights layer_norm_weights(const Ex& ex, const LayerNorm& ln, int64_t H) {
+  if (!ln.on()) return {};
+  const int64_t group = ex.gate_group(H);
+  const auto in_gate_order = [&](const OptTensor& t) {
+    const Tensor m = to_math<Ex>(*t).contiguous();
+    if (group >= H) return m;
+    std::vector<int64_t> order = gate_order(H, group);
+    return m.index_select(0, at::from_blob(order.data(), {4 * H}, at::kLong).to(m.device()));
+  };
+  return {in_gate_order(ln.ih), in_gate_order(ln.hh), to_math<Ex>(*ln.c_weight).contiguous(),
+          to_math<Ex>(*ln.c_bias).contiguous()};
 }
 
 // The layer's forward. Saving for backward (`save`), it returns y, h_n, c_n
@@ -228,8 +250,8 @@ template <typename Ex>
 LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Tensor& x,
                        const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                       const OptTensor& rec_scale, const Zoneout& zoneout, bool save,
-                       const LaidOut* kept) {
+                       const OptTensor& rec_scale, const Zoneout& zoneout,
+                       const LayerNorm& layer_norm, bool save, const LaidOut* kept) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -269,6 +291,18 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   const Rows<scalar_t> h_raw(w_hr.has_value() ? at::empty({d.batch, H}, opts) : Tensor());
   const Rows<math_t> y_wide(w_hr.has_value() && reduced ? at::empty({d.batch, P}, math_opts)
                                                         : Tensor());
+  // LayerNorm: the recurrent product of each sequence goes to hh, normalised
+  // into its gates once whole (a phase later); c̃ is normalised before h is
+  // made from it, a phase after the cell pass (which makes c̃ and an h
+  // without it): c̃ per sequence when not saved and zoned out, and the
+  // activated gates in a block of their own when reduced and not saved.
+  const LayerNormWeights ln = layer_norm_weights(ex, layer_norm, H);
+  const bool ln_on = ln.ih.defined();
+  const Rows<math_t> hh(ln_on ? at::empty({d.batch, G}, math_opts) : Tensor());
+  const Rows<math_t> fresh(ln_on && zone_c && !save ? at::empty({d.batch, H}, math_opts)
+                                                    : Tensor());
+  const Rows<scalar_t> activated_block(
+      ln_on && reduced && !save ? at::empty({std::min(block, d.rows), G}, opts) : Tensor());
   const scalar_t* w_hh_t = ptr<const scalar_t>(w.hh);
   const scalar_t* w_hr_t = ptr<const scalar_t>(w.hr);
   const math_t* bias_p = ptr<const math_t>(w.bias);
@@ -277,21 +311,55 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
   for_each_block(steps, block, false, [&](const Block& blk) {
     ex.sequence_gemm(blk.rows, G, d.input, x_rows.at(blk.row0), d.input,
                      ptr<const scalar_t>(w.ih), gates.data, G, false);
+    if (ln_on) {
+      ex.layer_norm_into(gates.data, gates.data, blk.rows, G, ptr<const math_t>(ln.ih), 0, G,
+                         false);
+    }
+    // Saving, row r's c_t goes to its own row of cells; otherwise to row r
+    // of the per-sequence c, which held its c_{t-1}. c̃ where it is kept.
+    const auto c_prev = [&](const StepRows& r) { return save ? cells.at(r.prev) : cells.data; };
+    const auto c_out = [&](const StepRows& r) { return save ? cells.at(r.off) : cells.data; };
+    const auto c_fresh = [&](const StepRows& r) {
+      return !zone_c ? nullptr : save ? cells.at(d.rows + r.off) : fresh.data;
+    };
+    // Where the cell pass puts the activated gates (LayerNorm reads o).
+    const auto activated_at = [&](const StepRows& r) -> scalar_t* {
+      if (activated) return activated.at(r.off);
+      if (!ln_on) return nullptr;
+      if constexpr (reduced) {
+        return activated_block.at(r.off - blk.row0);
+      } else {
+        return gates.at(r.off - blk.row0);
+      }
+    };
     const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
       math_t* gates_t = gates.at(r.off - blk.row0);
-      // Saving, row r's c_t goes to its own row of cells; otherwise to row r
-      // of the per-sequence c, which held its c_{t-1}.
-      math_t* c_prev = save ? cells.at(r.prev) : cells.data;
-      math_t* c_out = save ? cells.at(r.off) : cells.data;
-      math_t* c_fresh = save && zone_c ? cells.at(d.rows + r.off) : nullptr;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
         recurrent_product(ex, y_rec ? per_sequence(r) : r, a, b, P, G, y_rec ? y_rec : y,
                           h0_rows, w_hh_t, gates_t);
-        ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t,
-                        activated ? activated.at(r.off) : nullptr, bias_p, c_prev, c0_rows.data,
-                        zone_c ? zone_c.at(r.off) : nullptr, c_fresh, c_out,
-                        h_raw ? h_raw.data : y.at(r.off));
+        ex.cell_forward(r.first, r.rows, a, b, r.carried, H, gates_t, activated_at(r), bias_p,
+                        c_prev(r), c0_rows.data, zone_c ? zone_c.at(r.off) : nullptr,
+                        c_fresh(r), c_out(r), h_raw ? h_raw.data : y.at(r.off));
       });
+    };
+    // LayerNorm's step: the recurrent product, whole before it is normalised
+    // into the gates and the cell pass runs, whose c̃ is whole before h.
+    const auto ln_product = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      recurrent_product(ex, y_rec ? per_sequence(r) : r, u0, u1, P, G,
+                        y_rec ? y_rec : y, h0_rows, w_hh_t, hh.data, false);
+    };
+    const auto ln_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      math_t* gates_t = gates.at(r.off - blk.row0);
+      ex.layer_norm_into(gates_t + r.first * G, hh.at(r.first), r.rows - r.first, G,
+                         ptr<const math_t>(ln.hh), 4 * u0, 4 * u1, true);
+      ex.cell_forward(r.first, r.rows, u0, u1, r.carried, H, gates_t, activated_at(r), bias_p,
+                      c_prev(r), c0_rows.data, zone_c ? zone_c.at(r.off) : nullptr, c_fresh(r),
+                      c_out(r), h_raw ? h_raw.data : y.at(r.off));
+    };
+    const auto ln_output = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      ex.cell_output_layer_norm(r.first, r.rows, u0, u1, H, activated_at(r),
+                                zone_c ? c_fresh(r) : c_out(r), ptr<const math_t>(ln.c_weight),
+                                ptr<const math_t>(ln.c_bias), h_raw ? h_raw.data : y.at(r.off));
     };
     const auto projection = [&](const StepRows& r, int64_t p0, int64_t p1) {
       const int64_t rows = r.rows - r.first;
@@ -322,7 +390,10 @@ LayerOut layer_forward(Ex& ex, const LayerDims& d, const Steps& steps, const Ten
       scale_rows(ex, y_rec.data, y.at(r.off), ptr<const math_t>(s), r.first, r.rows, p0, p1, P);
     };
     run_steps(ex, steps, blk, false, flops_per_row, H,
-              phase(H, ex.unit_align(), gates_and_cells),
+              phase(ln_on ? 0 : H, ex.unit_align(), gates_and_cells),
+              phase(ln_on ? H : 0, ex.unit_align(), ln_product),
+              phase(ln_on ? H : 0, ex.unit_align(), ln_cells),
+              phase(ln_on ? H : 0, ex.unit_align(), ln_output),
               phase(h_raw ? P : 0, ex.column_align(), projection),
               phase(zone_h ? P : 0, ex.column_align(), hidden_zoneout),
               phase(y_rec ? P : 0, ex.column_align(), recurrent_input));
@@ -394,7 +465,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                           const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
                           const Tensor& gates, const Tensor& cells, int64_t groups,
                           const OptTensor& rec_scale, const OptTensor& problems,
-                          const Zoneout& zoneout) {
+                          const Zoneout& zoneout, const LayerNorm& layer_norm) {
   using scalar_t = typename Ex::scalar_t;
   using math_t = typename Ex::math_t;
   constexpr bool reduced = is_reduced_precision_v<scalar_t>;
@@ -432,8 +503,33 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   // Reduced, the bias gradient sums the gate gradients before their
   // rounding: a sum of few rounded ones loses to cancellation (B=1, T=7:
   // 6x nn.LSTM's error).
-  const Rows<math_t> dgates_wide(reduced && mask.bias ? at::empty({workspace_rows, G}, math_opts)
-                                                      : Tensor());
+  const LayerNormWeights ln = layer_norm_weights(ex, layer_norm, H);
+  const bool ln_on = ln.ih.defined();
+  const Rows<math_t> dgates_wide(reduced && (mask.bias || ln_on)
+                                     ? at::empty({workspace_rows, G}, math_opts)
+                                     : Tensor());
+  // The gate gradients in math_t, for LayerNorm's backward.
+  const auto dgates_math = [&](int64_t at) -> const math_t* {
+    if constexpr (reduced) {
+      return dgates_wide.at(at);
+    } else {
+      return dgates.at(at);
+    }
+  };
+  // LayerNorm, per block: the normalised products x̂_ih and x̂_hh made again
+  // (not saved: a product each, in a block), their rows' rstd; dL/d(h W_hh^T)
+  // per row (for the state's and dW_hh's products) and dL/d(x W_ih^T); dL/dĉ
+  // (ĉ = LN(c̃)) and dL/dĉ ⊙ x̂_c per row, for γ_c's and β_c's gradients.
+  const auto ln_rows = [&](int64_t width, at::TensorOptions o) {
+    return ln_on ? at::empty({workspace_rows, width}, o) : Tensor();
+  };
+  const Rows<math_t> ih_hat(ln_rows(G, math_opts)), hh_hat(ln_rows(G, math_opts));
+  const Tensor ln_rstd = ln_on ? at::empty({2 * workspace_rows}, math_opts) : Tensor();
+  const Rows<scalar_t> d_hh(ln_rows(G, opts)), d_ih(ln_rows(G, opts));
+  const Rows<math_t> dc_hat(ln_rows(H, math_opts)), dc_hat_x(ln_rows(H, math_opts));
+  const LaidOut forward_w = ln_on ? lay_out(ex, w_ih, w_hh, std::nullopt, false) : LaidOut{};
+  Tensor d_ln_ih, d_ln_hh, d_ln_c_weight, d_ln_c_bias;
+  const auto add_to = [](Tensor& sum, const Tensor& t) { sum = sum.defined() ? sum.add_(t) : t; };
   const Rows<scalar_t> dy_total(proj ? at::empty({workspace_rows, P}, opts) : Tensor());
   const Rows<scalar_t> h_raw(mask.proj ? at::empty({workspace_rows, H}, opts) : Tensor());
   const Rows<math_t> dh_raw(proj ? at::empty({d.batch, H}, math_opts) : Tensor());
@@ -445,8 +541,9 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
   // With recurrent dropout, dL/dh_{t-1} through the recurrent product is
   // (dgates W_hh) ⊙ s, and dW_hh sums dgates^T (h_{t-1} ⊙ s).
   const Tensor s = recurrent_scale<Ex>(rec_scale);
-  const Tensor h_prev = s.defined() && mask.weights ? scaled_by_sequence(ex, steps, y, s) : y;
-  const Tensor h0_prev = s.defined() && mask.weights ? scaled_state(h0, s) : h0;
+  const bool scaled = s.defined() && (mask.weights || ln_on);
+  const Tensor h_prev = scaled ? scaled_by_sequence(ex, steps, y, s) : y;
+  const Tensor h0_prev = scaled ? scaled_state(h0, s) : h0;
   // With both, dL/dh_{t-1} through the product before it is scaled and added
   // to zoneout's part.
   const Rows<math_t> dh_product(s.defined() && zone_h ? at::empty({d.batch, P}, math_opts)
@@ -470,6 +567,22 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
 
   const int64_t flops_per_row = 2 * G * P + (proj ? 2 * H * P : 0);
   for_each_block(steps, block, true, [&](const Block& blk) {
+    const int64_t t0 = std::min(steps.time(blk.begin), steps.time(blk.end - 1));
+    const int64_t t1 = std::max(steps.time(blk.begin), steps.time(blk.end - 1)) + 1;
+    math_t* rstd_ih = ptr<math_t>(ln_rstd);
+    math_t* rstd_hh = ln_on ? rstd_ih + workspace_rows : nullptr;
+    if (ln_on) {
+      ex.sequence_gemm(blk.rows, G, d.input, ptr<const scalar_t>(x) + blk.row0 * d.input,
+                       d.input, ptr<const scalar_t>(forward_w.ih), ih_hat.data, G, false);
+      ex.layer_norm_into(ih_hat.data, ih_hat.data, blk.rows, G, nullptr, 0, G, false, rstd_ih);
+      for_each_previous_state_run(steps, t0, t1, [&](int64_t row, int64_t count, bool from_y,
+                                                     int64_t source) {
+        ex.sequence_gemm(count, G, P, ptr<const scalar_t>(from_y ? h_prev : h0_prev) + source * P,
+                         P, ptr<const scalar_t>(forward_w.hh), hh_hat.at(row - blk.row0), G,
+                         false);
+      });
+      ex.layer_norm_into(hh_hat.data, hh_hat.data, blk.rows, G, nullptr, 0, G, false, rstd_hh);
+    }
     // With a projection, first dL/dy_t in total: dy and what the step
     // processed before (later in time) sends back through h_t.
     const auto total_dy = [&](const StepRows& r, int64_t p0, int64_t p1) {
@@ -510,13 +623,49 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
                          h_raw ? h_raw.at(at) : nullptr);
       });
     };
+    // LayerNorm's cell: dL/dĉ and o's gradient from dL/dh (once the
+    // projection's product has made it for every unit), then the state's
+    // (dL/dĉ whole), then dL/d(h W_hh^T) through LN_hh (the gate gradients
+    // whole).
+    const auto ln_projection = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      const int64_t at = r.off - blk.row0;
+      if (proj) {
+        ex.step_gemm(r.rows - r.first, u1 - u0, P, dy_total.at(at + r.first), P,
+                     ex.column(w_hr_b, P, u0), H, dh_raw.at(r.first) + u0, H, false);
+      }
+    };
+    const auto ln_cell_output = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      const int64_t at = r.off - blk.row0;
+      ex.cell_backward_layer_norm_output(
+          r.first, r.rows, u0, u1, H, gates_rows.at(r.off), cells_rows.at(fresh_row0 + r.off),
+          ptr<const math_t>(ln.c_weight), ptr<const math_t>(ln.c_bias),
+          proj ? dh_raw.data : dh_fresh ? dh_fresh.data : dy_rows.at(r.off),
+          proj || dh_fresh ? nullptr : dh.data, dgates.at(at),
+          dgates_wide ? dgates_wide.at(at) : nullptr, dc_hat.at(at),
+          h_raw ? h_raw.at(at) : nullptr);
+    };
+    const auto ln_cell_state = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      const int64_t at = r.off - blk.row0;
+      ex.cell_backward_layer_norm_state(
+          r.first, r.rows, u0, u1, r.carried, H, gates_rows.at(r.off),
+          cells_rows.at(fresh_row0 + r.off), cells_rows.at(r.prev), c0_rows.data,
+          zone_c ? zone_c.at(r.off) : nullptr, ptr<const math_t>(ln.c_weight), dc_hat.at(at),
+          dc.data, dgates.at(at), dgates_wide ? dgates_wide.at(at) : nullptr, dc_hat_x.at(at));
+    };
+    const auto ln_recurrent = [&](const StepRows& r, int64_t u0, int64_t u1) {
+      const int64_t at = r.off - blk.row0 + r.first;
+      ex.layer_norm_backward_into(d_hh.at(at), dgates_math(at), hh_hat.at(at), rstd_hh + at,
+                                  ptr<const math_t>(ln.hh), r.rows - r.first, G, 4 * u0,
+                                  4 * u1);
+    };
     // Then dL/dh_{t-1}, for the step processed next.
     // (With zoneout on h, added to its part already in dh.)
+    const scalar_t* d_recurrent = ln_on ? d_hh.data : dgates.data;
     const auto state = [&](const StepRows& r, int64_t p0, int64_t p1) {
       const math_t* s_p = ptr<const math_t>(s);
       math_t* product = dh_product ? dh_product.data : dh.data;
-      ex.step_gemm(r.rows - r.first, p1 - p0, G, dgates.at(r.off - blk.row0 + r.first), G,
-                   ex.column(w_hh_b, G, p0), P, product + r.first * P + p0, P,
+      ex.step_gemm(r.rows - r.first, p1 - p0, G, d_recurrent + (r.off - blk.row0 + r.first) * G,
+                   G, ex.column(w_hh_b, G, p0), P, product + r.first * P + p0, P,
                    zone_h && !dh_product);
       if (dh_product) {
         for_each_run(r.first, r.rows, p0, p1, P, [&](int64_t e, int64_t n) {
@@ -529,14 +678,32 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
     run_steps(ex, steps, blk, true, flops_per_row, H,
               phase(proj && !zone_h ? P : 0, ex.column_align(), total_dy),
               phase(zone_h ? P : 0, ex.column_align(), hidden_zoneout),
-              phase(H, ex.unit_align(), gates_and_cells), phase(P, ex.column_align(), state));
+              phase(ln_on ? 0 : H, ex.unit_align(), gates_and_cells),
+              phase(ln_on && proj ? H : 0, ex.unit_align(), ln_projection),
+              phase(ln_on ? H : 0, ex.unit_align(), ln_cell_output),
+              phase(ln_on ? H : 0, ex.unit_align(), ln_cell_state),
+              phase(ln_on ? H : 0, ex.unit_align(), ln_recurrent),
+              phase(P, ex.column_align(), state));
 
+    // With LayerNorm, dL/d(x W_ih^T) through LN_ih, and per row the terms of
+    // its parameters' gradients (summed below, per problem with groups).
+    const scalar_t* d_input = ln_on ? d_ih.data : dgates.data;
+    Tensor ln_terms[4];
+    if (ln_on) {
+      ex.layer_norm_backward_into(d_ih.data, dgates_math(0), ih_hat.data, rstd_ih,
+                                  ptr<const math_t>(ln.ih), blk.rows, G, 0, G);
+      const Tensor dg = (reduced ? dgates_wide.tensor : dgates.tensor).narrow(0, 0, blk.rows);
+      const auto rows = [&](const Rows<math_t>& t) { return t.tensor.narrow(0, 0, blk.rows); };
+      ln_terms[0] = at::mul(dg, rows(ih_hat));
+      ln_terms[1] = at::mul(dg, rows(hh_hat));
+      ln_terms[2] = rows(dc_hat_x);
+      ln_terms[3] = rows(dc_hat);
+    }
+    Tensor* ln_grads[4] = {&d_ln_ih, &d_ln_hh, &d_ln_c_weight, &d_ln_c_bias};
     if (mask.input) {
-      ex.sequence_gemm(blk.rows, d.input, G, dgates.data, G, ptr<const scalar_t>(w.ih),
+      ex.sequence_gemm(blk.rows, d.input, G, d_input, G, ptr<const scalar_t>(w.ih),
                        ptr<math_t>(dx) + blk.row0 * d.input, d.input, false);
     }
-    const int64_t t0 = std::min(steps.time(blk.begin), steps.time(blk.end - 1));
-    const int64_t t1 = std::max(steps.time(blk.begin), steps.time(blk.end - 1)) + 1;
     if (groups > 1) {
       const ProblemSlots slots = problem_slots(
           steps, t0, t1, blk.row0, blk.rows, groups,
@@ -544,10 +711,14 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       const auto rows = [&](const Tensor& t) { return by_problem(t, slots, math); };
       const Tensor dgates_t = rows(dgates.tensor.narrow(0, 0, blk.rows)).transpose(1, 2);
       if (mask.weights) {
-        problem_weight_grad(dw_ih, dgates_t, rows(x.narrow(0, blk.row0, blk.rows)));
-        problem_weight_grad(dw_hh, dgates_t,
+        const auto d_of = [&](const Rows<scalar_t>& t) {
+          return ln_on ? rows(t.tensor.narrow(0, 0, blk.rows)).transpose(1, 2) : dgates_t;
+        };
+        problem_weight_grad(dw_ih, d_of(d_ih), rows(x.narrow(0, blk.row0, blk.rows)));
+        problem_weight_grad(dw_hh, d_of(d_hh),
                             rows(previous_states(ex, steps, t0, t1, blk, h_prev, h0_prev)));
       }
+      for (int k = 0; ln_on && k < 4; ++k) add_to(*ln_grads[k], rows(ln_terms[k]).sum(1));
       if (mask.bias) {
         const Tensor sum = reduced ? rows(dgates_wide.tensor.narrow(0, 0, blk.rows)).sum(1)
                                    : dgates_t.sum(2);
@@ -560,11 +731,11 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       return;
     }
     if (mask.weights) {
-      weight_grad(dw_ih, G, d.input, blk.rows, dgates.data,
+      weight_grad(dw_ih, G, d.input, blk.rows, d_input,
                   ptr<const scalar_t>(x) + blk.row0 * d.input);
       for_each_previous_state_run(steps, t0, t1, [&](int64_t row, int64_t count, bool from_y,
                                                      int64_t source) {
-        weight_grad(dw_hh, G, P, count, dgates.at(row - blk.row0),
+        weight_grad(dw_hh, G, P, count, d_recurrent + (row - blk.row0) * G,
                     ptr<const scalar_t>(from_y ? h_prev : h0_prev) + source * P);
       });
     }
@@ -574,12 +745,14 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
       db = db.defined() ? db.add_(sum) : sum;
     }
     if (mask.proj) weight_grad(dw_hr, P, H, blk.rows, dy_total.data, h_raw.data);
+    for (int k = 0; ln_on && k < 4; ++k) add_to(*ln_grads[k], ln_terms[k].sum(0));
   });
   const int64_t gates_dim = groups > 1 ? 1 : 0;
-  for (Tensor* t : {&dw_ih, &dw_hh, &db}) {
+  for (Tensor* t : {&dw_ih, &dw_hh, &db, &d_ln_ih, &d_ln_hh}) {
     if (t->defined()) ex.to_pytorch_gate_order(*t, gates_dim, H);
   }
-  return {dx, dh.tensor, dc.tensor, dw_ih, dw_hh, db, dw_hr};
+  return {dx,     dh.tensor, dc.tensor, dw_ih,   dw_hh,        db,
+          dw_hr, d_ln_ih,   d_ln_hh,   d_ln_c_weight, d_ln_c_bias};
 }
 
 // The forward-mode derivative: the same recurrence as layer_forward, run on

@@ -20,7 +20,8 @@ namespace lstm_ext {
 inline constexpr const char* kLayerSchema =
     "lstm_layer(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
     "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
-    "Tensor? rec_scale=None, Tensor? zoneout_c=None, Tensor? zoneout_h=None) "
+    "Tensor? rec_scale=None, Tensor? zoneout_c=None, Tensor? zoneout_h=None, "
+    "Tensor? ln_ih=None, Tensor? ln_hh=None, Tensor? ln_c_weight=None, Tensor? ln_c_bias=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // The same layer where no backward will come: y, h_n and c_n, nothing saved.
@@ -30,7 +31,8 @@ inline constexpr const char* kLayerInferenceSchema =
     "lstm_layer_inference(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
     "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
     "Tensor? kept_ih=None, Tensor? kept_hh=None, Tensor? kept_hr=None, Tensor? kept_bias=None, "
-    "Tensor? rec_scale=None, Tensor? zoneout_c=None, Tensor? zoneout_h=None) "
+    "Tensor? rec_scale=None, Tensor? zoneout_c=None, Tensor? zoneout_h=None, "
+    "Tensor? ln_ih=None, Tensor? ln_hh=None, Tensor? ln_c_weight=None, Tensor? ln_c_bias=None) "
     "-> (Tensor, Tensor, Tensor)";
 
 // The weights of one layer and direction as the inference op's products take
@@ -68,8 +70,9 @@ inline constexpr const char* kLayerBackwardSchema =
     "Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
     "Tensor y, Tensor gates, Tensor cells, bool reverse, bool[4] output_mask, int groups=1, "
     "Tensor? rec_scale=None, Tensor? problems=None, Tensor? zoneout_c=None, "
-    "Tensor? zoneout_h=None) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
+    "Tensor? zoneout_h=None, Tensor? ln_ih=None, Tensor? ln_hh=None, Tensor? ln_c_weight=None, "
+    "Tensor? ln_c_bias=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)";
 
 // Forward-mode derivative: the tangents of y, h_n and c_n given those of the
 // inputs (None for zero; db is that of b_ih + b_hh) and the forward's results.

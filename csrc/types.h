@@ -20,8 +20,11 @@ using OptTensor = std::optional<Tensor>;
 // y, h_n, c_n, then what backward needs: the activated gates and every c_t.
 using LayerOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 // dx, dh0, dc0, dw_ih, dw_hh, db (one tensor: it is the gradient of both
-// b_ih and b_hh), dw_hr. Gradients not asked for by output_mask are undefined.
-using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+// b_ih and b_hh), dw_hr, and LayerNorm's d_ln_ih, d_ln_hh, d_ln_c_weight,
+// d_ln_c_bias (with its weights; asked for as dw_ih, dw_hh). Gradients not
+// asked for by output_mask are undefined.
+using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                              Tensor, Tensor, Tensor>;
 
 // y, h_n and c_n (of inference), or their tangents.
 using LayerOutputs = std::tuple<Tensor, Tensor, Tensor>;
@@ -54,6 +57,14 @@ struct Tangents {
 // c̃ of every row after c_t's (cells of 2 * rows).
 struct Zoneout {
   OptTensor c, h;
+};
+
+// LayerNorm (haste's LayerNormLSTM; all four or none): scales of the input
+// and recurrent products over the 4H gates, (4H), PyTorch's gate order; scale
+// and shift of c̃ over H before its tanh, (H).
+struct LayerNorm {
+  OptTensor ih, hh, c_weight, c_bias;
+  bool on() const { return ih.has_value(); }
 };
 
 // Sizes of one layer: rows = sum(batch_sizes), P = proj_size or H.
@@ -119,6 +130,10 @@ void check_rec_scale(const LayerDims& d, const Tensor& x, const OptTensor& rec_s
 // The zoneout weights, if given, are (rows, H) and (rows, P) in x's dtype and
 // on its device, and constants (they get no gradient).
 void check_zoneout(const LayerDims& d, const Tensor& x, const Zoneout& zoneout);
+
+// LayerNorm's weights: all four or none, of 4H, 4H, H and H values, in x's
+// dtype and on its device.
+void check_layer_norm(const LayerDims& d, const Tensor& x, const LayerNorm& ln);
 
 // Checks each tangent against the input it belongs to.
 void check_tangents(const LayerDims& d, const Tensor& x, const Tangents& t, bool has_proj);

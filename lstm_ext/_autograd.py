@@ -65,7 +65,7 @@ per_sample_sink: contextvars.ContextVar = contextvars.ContextVar("per_sample_sin
 
 def _per_sample_backward(sink, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih,
                          w_hh, b_ih, b_hh, w_hr, y, gates, cells, reverse, mask, rec_scale,
-                         zoneout_c, zoneout_h):
+                         zoneout_c, zoneout_h, layer_norm):
     """The backward op with one problem per sequence (groups = B): the
     results autograd takes, the per-sample weight gradients to the sink. The
     incoming gradients take sink.scale (and the results autograd takes lose
@@ -76,13 +76,14 @@ def _per_sample_backward(sink, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h
     groups = h0.shape[0]
     dx, dh0, dc0, *weights = layer_backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
                                             w_hr, y, gates, cells, reverse, mask, groups,
-                                            rec_scale, sink.problems, zoneout_c, zoneout_h)
+                                            rec_scale, sink.problems, zoneout_c, zoneout_h,
+                                            *layer_norm)
     per_sample = [None if g is None else g if groups > 1 else g.unsqueeze(0) for g in weights]
     summed = [None if g is None else g.sum(0) for g in per_sample]
-    dw_ih, dw_hh, db, dw_hr = per_sample
+    dw_ih, dw_hh, db, dw_hr, *d_layer_norm = per_sample
     # Each its own tensor: the sink may change them in place.
-    sink((w_ih, w_hh, b_ih, b_hh, w_hr),
-         (dw_ih, dw_hh, db, None if db is None else db.clone(), dw_hr))
+    sink((w_ih, w_hh, b_ih, b_hh, w_hr, *layer_norm),
+         (dw_ih, dw_hh, db, None if db is None else db.clone(), dw_hr, *d_layer_norm))
     if scale != 1:
         dx, dh0, dc0, *summed = (None if g is None else g.div_(scale)
                                  for g in (dx, dh0, dc0, *summed))
@@ -138,10 +139,12 @@ def _layer_functions(layer, layer_backward, layer_jvp):
         # are constants: no derivative is taken or passed for them.
         @staticmethod
         def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                    rec_scale=None, zoneout_c=None, zoneout_h=None):
+                    rec_scale=None, zoneout_c=None, zoneout_h=None, ln_ih=None, ln_hh=None,
+                    ln_c_weight=None, ln_c_bias=None):
             with torch._C._AutoDispatchBelowAutograd():
                 return layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                             rec_scale, zoneout_c, zoneout_h)
+                             rec_scale, zoneout_c, zoneout_h, ln_ih, ln_hh, ln_c_weight,
+                             ln_c_bias)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
@@ -150,9 +153,10 @@ def _layer_functions(layer, layer_backward, layer_jvp):
             ctx.mark_non_differentiable(gates, cells)
             # Unused outputs arrive as None rather than as zero tensors of their size.
             ctx.set_materialize_grads(False)
-            rec_scale, zoneout_c, zoneout_h = (*rest, None, None, None)[:3]
+            # rec_scale, zoneout_c, zoneout_h, and LayerNorm's four.
+            options = (*rest, *(None,) * 7)[:7]
             saved = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells,
-                     rec_scale, zoneout_c, zoneout_h)
+                     *options)
             ctx.save_for_backward(*saved)
             ctx.save_for_forward(*saved)
             ctx.reverse = reverse
@@ -162,47 +166,53 @@ def _layer_functions(layer, layer_backward, layer_jvp):
         @staticmethod
         def backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
             (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale,
-             zoneout_c, zoneout_h) = ctx.saved_tensors
+             zoneout_c, zoneout_h, *layer_norm) = ctx.saved_tensors
             inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-                      rec_scale, zoneout_c, zoneout_h)
-            need = ctx.needs_input_grad
+                      rec_scale, zoneout_c, zoneout_h, *layer_norm)
+            need = (*ctx.needs_input_grad, *(False,) * 17)[:17]
             if any(_routes((*inputs[:9], dy, dh_n, dc_n))):
                 if ctx.per_sample is not None:
                     raise RuntimeError("lstm_ext: per-sample gradients (Opacus) of a backward "
                                        "that is itself differentiated are not supported")
                 return _composite.vjp(inputs, (dy, dh_n, dc_n), need)[: ctx.inputs]
             mask = [need[0], need[4] or need[5], need[6] or need[7], need[8]]
-            if ctx.per_sample is not None and any(mask[1:]):
-                dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _per_sample_backward(
+            # (The backward op makes LayerNorm's gradients whatever the mask.)
+            per_sample_work = any(mask[1:]) or any(need[13:])
+            if ctx.per_sample is not None and per_sample_work:
+                dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, *d_layer_norm = _per_sample_backward(
                     ctx.per_sample, layer_backward, dy, dh_n, dc_n, x, batch_sizes, h0, c0,
                     w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, ctx.reverse, mask, rec_scale,
-                    zoneout_c, zoneout_h)
+                    zoneout_c, zoneout_h, layer_norm)
             else:
-                dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = layer_backward(
+                dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, *d_layer_norm = layer_backward(
                     dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-                    ctx.reverse, mask, 1, rec_scale, None, zoneout_c, zoneout_h)
+                    ctx.reverse, mask, 1, rec_scale, None, zoneout_c, zoneout_h, *layer_norm)
             return (dx, None, dh0 if need[2] else None, dc0 if need[3] else None,
                     dw_ih if need[4] else None, dw_hh if need[5] else None,
                     db if need[6] else None, db if need[7] else None, dw_hr, None,
-                    None, None, None)[: ctx.inputs]
+                    None, None, None,
+                    *(g if n else None for g, n in zip(d_layer_norm, need[13:])))[: ctx.inputs]
 
         @staticmethod
-        def jvp(ctx, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *__):
+        def jvp(ctx, dx, _, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *rest):
             (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, cells, rec_scale,
-             zoneout_c, zoneout_h) = ctx.saved_tensors
+             zoneout_c, zoneout_h, *layer_norm) = ctx.saved_tensors
+            # After reverse's, rec_scale's and zoneout's (constants): LayerNorm's.
+            t_layer_norm = (*rest[4:], None, None, None, None)[:4]
             tangents = (dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None,
-                        None)
+                        None, *t_layer_norm)
             inputs = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-                      rec_scale, zoneout_c, zoneout_h)
+                      rec_scale, zoneout_c, zoneout_h, *layer_norm)
             # The tangents being pushed are this jvp's own: forward-mode AD
             # does not differentiate them again (it cannot nest).
             transform, autograd, _ = _routes((*inputs[:9], *tangents))
-            zoneout = zoneout_c is not None or zoneout_h is not None
+            zoneout = (zoneout_c is not None or zoneout_h is not None
+                       or layer_norm[0] is not None)
             if transform or (zoneout and torch._C._are_functorch_transforms_active()):
                 t_y, t_h_n, t_c_n = _composite.jvp(inputs, tangents)
             elif zoneout:
-                # The tangent op has no zoneout: the composite's tangents, by
-                # reverse mode (forward-mode AD cannot nest here).
+                # The tangent op has no zoneout nor LayerNorm: the composite's
+                # tangents, by reverse mode (forward-mode AD cannot nest here).
                 t_y, t_h_n, t_c_n = _composite.jvp_by_vjp(inputs, tangents, autograd)
             elif autograd:
                 # The tangents can be differentiated by autograd (with

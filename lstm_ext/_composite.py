@@ -16,13 +16,17 @@ from torch import Tensor
 
 # Positions of the differentiable arguments of lstm_ext::lstm_layer:
 # x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale, zoneout_c,
-# zoneout_h.
-DIFFERENTIABLE = (0, 2, 3, 4, 5, 6, 7, 8)
+# zoneout_h, ln_ih, ln_hh, ln_c_weight, ln_c_bias.
+DIFFERENTIABLE = (0, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 16)
+# Those the tangent op has (before reverse).
+TANGENT_OP = tuple(i for i in DIFFERENTIABLE if i < 9)
 
 
 def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_scale=None,
-          zoneout_c=None, zoneout_h=None):
-    """What lstm_ext::lstm_layer computes (y, h_n, c_n), from differentiable ops."""
+          zoneout_c=None, zoneout_h=None, ln_ih=None, ln_hh=None, ln_c_weight=None,
+          ln_c_bias=None):
+    """What lstm_ext::lstm_layer computes (y, h_n, c_n), from differentiable ops;
+    with LayerNorm when ln_ih is given (all four then)."""
     sizes = batch_sizes.tolist()
     offsets = [0]
     for size in sizes[:-1]:
@@ -31,7 +35,7 @@ def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_sca
     # The recurrent input goes in beside x: one product per step. The cell
     # is written out (torch's lstm_cell adds in place, which vmap refuses when
     # only some of its operands are batched).
-    w_in = torch.cat([w_ih, w_hh], dim=1)
+    w_in = torch.cat([w_ih, w_hh], dim=1) if ln_ih is None else None
     bias = b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh
     h, c, ys = h0, c0, [None] * len(sizes)
     # Sequence r is row r of every step; rows a step does not reach keep their
@@ -39,10 +43,17 @@ def layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, rec_sca
     for t in steps:
         rows, first = sizes[t], offsets[t]
         h_prev = h[:rows] if rec_scale is None else h[:rows] * rec_scale[:rows]
-        a = torch.cat([x[first : first + rows], h_prev], dim=1) @ w_in.t()
+        if ln_ih is None:
+            a = torch.cat([x[first : first + rows], h_prev], dim=1) @ w_in.t()
+        else:
+            gates = (w_ih.shape[0],)
+            a = (torch.nn.functional.layer_norm(x[first : first + rows] @ w_ih.t(), gates, ln_ih)
+                 + torch.nn.functional.layer_norm(h_prev @ w_hh.t(), gates, ln_hh))
         i, f, g, o = (a if bias is None else a + bias).chunk(4, 1)
         c_t = f.sigmoid() * c[:rows] + i.sigmoid() * g.tanh()
-        h_t = o.sigmoid() * c_t.tanh()
+        c_out = c_t if ln_ih is None else torch.nn.functional.layer_norm(
+            c_t, c_t.shape[1:], ln_c_weight, ln_c_bias)
+        h_t = o.sigmoid() * c_out.tanh()
         if zoneout_c is not None:
             c_t = c_t + zoneout_c[first : first + rows] * (c[:rows] - c_t)
         if w_hr is not None:
@@ -69,7 +80,8 @@ def _as_function_of(inputs: Sequence, positions: Sequence[int]):
 def vjp(inputs: Sequence, grads: Sequence[Tensor | None], needs_input_grad: Sequence[bool]):
     """Gradients of the op's arguments (in its argument order; None where not
     needed) given those of y, h_n, c_n (None for zero), with a graph."""
-    wanted = [i for i in DIFFERENTIABLE if needs_input_grad[i] and inputs[i] is not None]
+    wanted = [i for i in DIFFERENTIABLE if i < len(needs_input_grad) and needs_input_grad[i]
+              and i < len(inputs) and inputs[i] is not None]
     outputs, pullback = torch.func.vjp(_as_function_of(inputs, wanted),
                                        *(inputs[i] for i in wanted))
     cotangents = tuple(g if g is not None else torch.zeros_like(o) for g, o in zip(grads, outputs))
@@ -82,7 +94,7 @@ def vjp(inputs: Sequence, grads: Sequence[Tensor | None], needs_input_grad: Sequ
 def jvp(inputs: Sequence, tangents: Sequence[Tensor | None]):
     """Tangents of y, h_n, c_n given those of the op's arguments (None for zero;
     at least one given)."""
-    given = [i for i in DIFFERENTIABLE if tangents[i] is not None]
+    given = [i for i in DIFFERENTIABLE if i < len(tangents) and tangents[i] is not None]
     _, out = torch.func.jvp(_as_function_of(inputs, given), tuple(inputs[i] for i in given),
                             tuple(tangents[i] for i in given))
     return out
@@ -92,7 +104,7 @@ def jvp_by_vjp(inputs: Sequence, tangents: Sequence[Tensor | None], create_graph
     """jvp's results by reverse mode alone (the derivative of a vjp with respect
     to its cotangents), for forward-mode AD outside torch.func, where
     torch.func.jvp cannot nest: with a graph when `create_graph`."""
-    given = [i for i in DIFFERENTIABLE if tangents[i] is not None]
+    given = [i for i in DIFFERENTIABLE if i < len(tangents) and tangents[i] is not None]
     with torch.enable_grad():
         # A node of its own per argument: one tensor given twice (b_ih is
         # b_hh) would otherwise get both arguments' gradient in each place.
@@ -114,8 +126,8 @@ def tangent_vjp(inputs: Sequence, tangents: Sequence[Tensor | None],
     given those of its results (None for zero): for each of the op's 9
     arguments before `reverse`, then for each of their tangents (None where not
     needed). `inputs` are the op's arguments, rec_scale and zoneout's included."""
-    wanted = [i for i in DIFFERENTIABLE if needs_input_grad[i] and inputs[i] is not None]
-    wanted_t = [i for i in DIFFERENTIABLE if needs_input_grad[9 + i] and tangents[i] is not None]
+    wanted = [i for i in TANGENT_OP if needs_input_grad[i] and inputs[i] is not None]
+    wanted_t = [i for i in TANGENT_OP if needs_input_grad[9 + i] and tangents[i] is not None]
 
     def fn(*values):
         args, tans = list(inputs), list(tangents)

@@ -40,12 +40,15 @@ def stack_inference(x, batch_sizes, h0, c0, weights, kept, has_biases, num_layer
 
 
 def backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, reverse,
-             output_mask, groups=1, rec_scale=None, *_more, **kwargs) -> int:
+             output_mask, groups=1, rec_scale=None, problems=None, zoneout_c=None,
+             zoneout_h=None, ln_ih=None, *_more, **kwargs) -> int:
     """Per step dgates W_hh (and, projected, dy W_hr); after, as output_mask asks, dgates
-    W_ih (dx), dgates^T x and dgates^T h_{t-1} (dW_ih, dW_hh), dy^T h_t (dW_hr)."""
+    W_ih (dx), dgates^T x and dgates^T h_{t-1} (dW_ih, dW_hh), dy^T h_t (dW_hr). With
+    LayerNorm, x W_ih^T and h_{t-1} W_hh^T made again too."""
     want_input, want_weights, _, want_proj = output_mask
     rows, inputs, gates, out, proj = _sizes(x, w_hh, w_hr)
     per_row = gates * out + proj * out
+    per_row += gates * (inputs + out) * (ln_ih is not None)
     per_row += gates * inputs * want_input
     per_row += gates * (inputs + out) * want_weights
     per_row += proj * out * want_proj

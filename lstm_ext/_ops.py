@@ -48,7 +48,8 @@ def _check_fake(x, batch_sizes, tensors, h0=None, rec_scale=None, zoneout_c=None
 
 
 def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                     rec_scale=None, zoneout_c=None, zoneout_h=None):
+                     rec_scale=None, zoneout_c=None, zoneout_h=None, ln_ih=None, ln_hh=None,
+                     ln_c_weight=None, ln_c_bias=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                                      w_hr=w_hr, rec_scale=rec_scale, zoneout_c=zoneout_c,
                                      zoneout_h=zoneout_h), h0, rec_scale, zoneout_c, zoneout_h,
@@ -67,9 +68,11 @@ def _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
 
 def _lstm_layer_inference_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                                kept_ih=None, kept_hh=None, kept_hr=None, kept_bias=None,
-                               rec_scale=None, zoneout_c=None, zoneout_h=None):
+                               rec_scale=None, zoneout_c=None, zoneout_h=None, ln_ih=None,
+                               ln_hh=None, ln_c_weight=None, ln_c_bias=None):
     y, h_n, c_n, _, _ = _lstm_layer_fake(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                         reverse, rec_scale, zoneout_c, zoneout_h)
+                                         reverse, rec_scale, zoneout_c, zoneout_h, ln_ih, ln_hh,
+                                         ln_c_weight, ln_c_bias)
     return y, h_n, c_n
 
 
@@ -90,7 +93,8 @@ def _lstm_inference_fake(x, batch_sizes, h0, c0, weights, kept, has_biases, num_
 
 def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
                               gates, cells, reverse, output_mask, groups=1, rec_scale=None,
-                              problems=None, zoneout_c=None, zoneout_h=None):
+                              problems=None, zoneout_c=None, zoneout_h=None, ln_ih=None,
+                              ln_hh=None, ln_c_weight=None, ln_c_bias=None):
     _check_fake(x, batch_sizes, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y,
                                      rec_scale=rec_scale, zoneout_c=zoneout_c,
                                      zoneout_h=zoneout_h), h0, rec_scale, zoneout_c, zoneout_h,
@@ -112,6 +116,8 @@ def _lstm_layer_backward_fake(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh
         per_problem(w_hh, *w_hh.shape) if want_weights else None,
         per_problem(w_hh, w_hh.shape[0]) if want_bias else None,
         per_problem(w_hr, *w_hr.shape) if want_proj and w_hr is not None else None,
+        *(None if t is None else t.new_empty(t.shape)
+          for t in (ln_ih, ln_hh, ln_c_weight, ln_c_bias)),
     )
 
 

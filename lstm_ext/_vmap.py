@@ -54,7 +54,7 @@ def _folding_rule(op, batch_sizes_at, per_sequence, weights, run):
                 "must have the same packed layout (map over the data, not the batch sizes)"
             )
         n = info.batch_size
-        if any(in_dims[i] is not None for i in weights):
+        if any(i < len(in_dims) and in_dims[i] is not None for i in weights):
             return _loop(op, n, in_dims, args)
         args = list(args)
         for i in per_sequence:
@@ -80,7 +80,8 @@ def layer_rule(op, rec_scale_at):
     `rec_scale_at`, zoneout's (per row; with zoneout_c, the saved cells are two blocks of
     rows, each folded as rows are) after it."""
     per_sequence = (0, 2, 3, rec_scale_at, rec_scale_at + 1, rec_scale_at + 2)
-    return _folding_rule(op, 1, per_sequence, range(4, 9), _unfold_all(op))
+    weights = (*range(4, 9), *range(rec_scale_at + 3, rec_scale_at + 7))  # LayerNorm's last
+    return _folding_rule(op, 1, per_sequence, weights, _unfold_all(op))
 
 
 def backward_rule(op):
@@ -102,7 +103,8 @@ def backward_rule(op):
         dims = (1, 1, 1, *((1 if groups > 1 else 0) for _ in per_problem))
         return outputs, tuple(None if o is None else d for o, d in zip(outputs, dims))
 
-    return _folding_rule(op, 4, (0, 1, 2, 3, 5, 6, 10, 11, 12, 16, 18, 19), (7, 8, 9), run)
+    return _folding_rule(op, 4, (0, 1, 2, 3, 5, 6, 10, 11, 12, 16, 18, 19),
+                         (7, 8, 9, 20, 21, 22, 23), run)
 
 
 def jvp_rule(op):

@@ -28,6 +28,7 @@ def lstm_layer(
     recurrent_scale: Tensor | None = None,
     zoneout_cell: Tensor | None = None,
     zoneout_hidden: Tensor | None = None,
+    layer_norm: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Runs one LSTM layer in one direction over a whole sequence, fused.
 
@@ -54,6 +55,8 @@ def lstm_layer(
             (1 - d) * c̃_t`` and ``h_t = d * h_{t-1} + (1 - d) * h̃_t`` with d
             their value there (0 or 1 in training, the probability in eval),
             h̃ after the projection if any. Constants: no gradient.
+        layer_norm: LayerNorm's weights ``(ln_ih (4H), ln_hh (4H), ln_c_weight
+            (H), ln_c_bias (H))`` (lstm_ext.LSTM's ``layer_norm``), or None.
 
     Returns:
         ``(output, (h_n, c_n))``: output is ``(T, B, P)`` for padded input,
@@ -75,6 +78,8 @@ def lstm_layer(
             raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
         if zoneout_cell is not None or zoneout_hidden is not None:
             raise RuntimeError(_NO_ONNX_ZONEOUT)
+        if layer_norm is not None:
+            raise RuntimeError(_NO_ONNX_LAYER_NORM)
         return _onnx.lstm_layer(input, hx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes=batch_sizes,
                                 reverse=reverse)
     if padded:
@@ -88,7 +93,8 @@ def lstm_layer(
     zoneout = tuple(z.flatten(0, 1) if padded and z is not None and z.dim() == 3 else z
                     for z in (zoneout_cell, zoneout_hidden))
     y, h_n, c_n = _layer(x, batch_sizes, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                         rec_scale=recurrent_scale, zoneout=zoneout)
+                         rec_scale=recurrent_scale, zoneout=zoneout,
+                         layer_norm=tuple(layer_norm or ()))
     if padded:
         y = y.view(steps, batch, y.shape[1])
     return y, (h_n, c_n)
@@ -111,6 +117,7 @@ def lstm(
     recurrent_dropout: float = 0.0,
     zoneout_hidden: float = 0.0,
     zoneout_cell: float = 0.0,
+    layer_norm_weights: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A whole multi-layer LSTM, as ``torch.nn.LSTM`` computes it, on weights you hold.
 
@@ -152,6 +159,9 @@ def lstm(
             layer's and direction's h weights, then one of c's), d = p
             otherwise. ``lstm_layer``'s ``zoneout_hidden`` and
             ``zoneout_cell`` are its explicit form.
+        layer_norm_weights: LayerNorm (lstm_ext.LSTM's ``layer_norm``): per
+            layer, per direction, ``ln_ih_weight`` (4H), ``ln_hh_weight``
+            (4H), ``ln_c_weight`` (H), ``ln_c_bias`` (H); None without.
 
     Returns:
         ``(output, (h_n, c_n))``: output ``(T, B, D * P)`` (``(B, T, D * P)`` with
@@ -183,6 +193,8 @@ def lstm(
             raise RuntimeError(_NO_ONNX_RECURRENT_DROPOUT)
         if zoneout_hidden or zoneout_cell:
             raise RuntimeError(_NO_ONNX_ZONEOUT)
+        if layer_norm_weights is not None:
+            raise RuntimeError(_NO_ONNX_LAYER_NORM)
         return _onnx.lstm(input, hx, weights, bias=bias, num_layers=num_layers,
                           bidirectional=bidirectional, batch_first=batch_first, dropout=dropout,
                           training=training, batch_sizes=batch_sizes)
@@ -211,6 +223,11 @@ def lstm(
               else None)
     zoneout = _zoneout_weights(x, groups, h0.shape[2], c0.shape[2], zoneout_hidden,
                                zoneout_cell, training)
+    if layer_norm_weights is not None:
+        if len(layer_norm_weights) != 4 * groups:
+            raise RuntimeError(f"lstm: expected 4 LayerNorm weights for each of {groups} layers "
+                               f"and directions, got {len(layer_norm_weights)}")
+        kept_layouts = None  # the decode op has no LayerNorm
 
     dropping = dropout > 0 and training and num_layers > 1
     if kept_layouts is not None and not dropping and zoneout is None:
@@ -223,7 +240,7 @@ def lstm(
     else:
         x, h_n, c_n = _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers,
                               directions, dropout if dropping else 0.0, packed, kept_layouts,
-                              scales, zoneout)
+                              scales, zoneout, layer_norm_weights)
 
     if not packed:
         x = x.view(steps, batch, x.shape[1])
@@ -276,13 +293,16 @@ _NO_ONNX_RECURRENT_DROPOUT = (
     "has no mask on its recurrent input); export the model in eval mode, where it is the "
     "plain LSTM")
 
+_NO_ONNX_LAYER_NORM = ("lstm_ext: LayerNorm has no ONNX form (the ONNX LSTM operator "
+                       "normalises nothing)")
+
 _NO_ONNX_ZONEOUT = (
     "lstm_ext: zoneout has no ONNX form (the ONNX LSTM operator cannot keep a unit's "
     "previous state), in training or eval")
 
 
 def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, directions,
-            dropout, packed, kept_layouts, scales=None, zoneout=None):
+            dropout, packed, kept_layouts, scales=None, zoneout=None, layer_norm=None):
     """The layers one op call each: output, h_n, c_n; `scales`, recurrent
     dropout's per layer and direction, or None; `zoneout`, (c's, h's)
     weights per layer and direction (_zoneout_weights), or None."""
@@ -300,7 +320,8 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
                                   direction == 1, laid_out,
                                   None if scales is None else scales[k],
                                   () if zoneout is None else
-                                  tuple(None if w is None else w[k] for w in zoneout))
+                                  tuple(None if w is None else w[k] for w in zoneout),
+                                  () if layer_norm is None else layer_norm[4 * k : 4 * k + 4])
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
@@ -313,10 +334,13 @@ def _layers(run, x, batch_sizes, h0, c0, weights, per_group, bias, num_layers, d
 
 
 def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
-           rec_scale=None, zoneout=()):
+           rec_scale=None, zoneout=(), layer_norm=()):
     """The op on packed ``x``: ``(y, h_n, c_n)``; `zoneout` empty or the op's
     (zoneout_c, zoneout_h). With a kept layout the layer is known to run the
     eager inference op (eager_inference): straight to it."""
+    if layer_norm:
+        return _ops.layer_entry(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                rec_scale, *(zoneout or (None, None)), *layer_norm)
     if laid_out:
         with torch._C._AutoDispatchBelowAutograd():
             return _ops.lstm_layer_inference(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
@@ -326,7 +350,7 @@ def _layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_o
 
 
 def _empty_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, laid_out=(),
-                 rec_scale=None, zoneout=()):
+                 rec_scale=None, zoneout=(), layer_norm=()):
     """An empty batch: no rows to run. Results cut from the (empty) input projection
     keep, like nn.LSTM's, their place in the autograd graph."""
     gates = x @ w_ih.t()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -12,7 +13,12 @@ from ._layouts import KeptLayouts
 
 # The options beyond nn.LSTM, as the module's attributes (a module pickled
 # before one existed loads with its default).
-_OPTIONS = ("weight_drop", "recurrent_dropout", "zoneout_hidden", "zoneout_cell")
+_OPTIONS = ("layer_norm", "weight_drop", "recurrent_dropout", "zoneout_hidden", "zoneout_cell")
+
+# LayerNorm's parameters of each layer and direction (their suffix follows),
+# of 4H, 4H, H and H values, and their initial value.
+_LAYER_NORM = (("ln_ih_weight", 4, 1.0), ("ln_hh_weight", 4, 1.0), ("ln_c_weight", 1, 1.0),
+               ("ln_c_bias", 1, 0.0))
 
 
 class LSTM(nn.LSTM):
@@ -33,6 +39,13 @@ class LSTM(nn.LSTM):
 
     Beyond nn.LSTM, keyword-only (the default is nn.LSTM exactly):
 
+    - ``layer_norm=True`` (haste's LayerNormLSTM): each layer and direction
+      normalises its input and recurrent products over the 4H gates
+      (``LN(x W_ih^T; γ_ih) + LN(h W_hh^T; γ_hh) + b_ih + b_hh``, scales
+      without a shift) and c̃ over H before its tanh (``h̃ = σ(o)·tanh(LN(c̃;
+      γ_c, β_c))``); parameters ``ln_ih_weight_l{k}``, ``ln_hh_weight_l{k}``
+      (4H, ones), ``ln_c_weight_l{k}`` (H, ones), ``ln_c_bias_l{k}`` (H,
+      zeros), ``_reverse`` for the second direction.
     - ``weight_drop=p`` (DropConnect on the recurrent weights, as AWD-LSTM
       has it): in training, each layer and direction multiplies
       ``W_hh ⊙ M / (1 - p)`` instead of ``W_hh``, with one Bernoulli(1 - p)
@@ -51,13 +64,47 @@ class LSTM(nn.LSTM):
       d = p (the expectation). The output at step t is h_t.
     """
 
-    def __init__(self, *args, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
-                 zoneout_hidden: float = 0.0, zoneout_cell: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, layer_norm: bool = False, weight_drop: float = 0.0,
+                 recurrent_dropout: float = 0.0, zoneout_hidden: float = 0.0,
+                 zoneout_cell: float = 0.0, **kwargs) -> None:
+        if not isinstance(layer_norm, bool):
+            raise ValueError(f"layer_norm should be a bool, got {layer_norm!r}")
         super().__init__(*args, **kwargs)
+        self.layer_norm = layer_norm
+        if layer_norm:
+            like = self._flat_weights[0]
+            for suffix in self._suffixes():
+                for name, units, _ in _LAYER_NORM:
+                    self.register_parameter(name + suffix, nn.Parameter(
+                        like.new_empty(units * self.hidden_size)))
+            self._reset_layer_norm()
         self.weight_drop = probability("weight_drop", weight_drop)
         self.recurrent_dropout = probability("recurrent_dropout", recurrent_dropout)
         self.zoneout_hidden = probability("zoneout_hidden", zoneout_hidden, ZONED_OUT)
         self.zoneout_cell = probability("zoneout_cell", zoneout_cell, ZONED_OUT)
+
+    def _suffixes(self) -> list[str]:
+        return [f"_l{k}{d}" for k in range(self.num_layers)
+                for d in ("", "_reverse")[: 2 if self.bidirectional else 1]]
+
+    def layer_norm_weights(self) -> list[Tensor]:
+        """LayerNorm's parameters in lstm_ext.lstm's order: per layer, per
+        direction, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias."""
+        return [getattr(self, name + suffix) for suffix in self._suffixes()
+                for name, _, _ in _LAYER_NORM]
+
+    def _reset_layer_norm(self) -> None:
+        with torch.no_grad():
+            for suffix in self._suffixes():
+                for name, _, value in _LAYER_NORM:
+                    getattr(self, name + suffix).fill_(value)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        # nn.LSTM's uniform init covers every parameter; LayerNorm's start as
+        # the identity. (Called by nn.LSTM's constructor, before they exist.)
+        if getattr(self, "layer_norm", False):
+            self._reset_layer_norm()
 
     def flatten_parameters(self) -> None:
         self.__dict__["_kept_layouts"] = KeptLayouts()
@@ -91,7 +138,7 @@ class LSTM(nn.LSTM):
         super().__setstate__(state)
         self.__dict__["_kept_layouts"] = KeptLayouts()
         for name in _OPTIONS:
-            self.__dict__.setdefault(name, 0.0)
+            self.__dict__.setdefault(name, False if name == "layer_norm" else 0.0)
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -148,6 +195,7 @@ class LSTM(nn.LSTM):
             recurrent_dropout=self.recurrent_dropout,
             zoneout_hidden=self.zoneout_hidden,
             zoneout_cell=self.zoneout_cell,
+            layer_norm_weights=self.layer_norm_weights() if self.layer_norm else None,
         )
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)

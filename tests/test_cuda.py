@@ -71,6 +71,28 @@ def test_zoneout_matches_cpu_op(dtype):
                                      zoneout=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layer_norm_matches_cpu_op(dtype):
+    """LayerNorm with zoneout and recurrent dropout: the op's results and every
+    gradient (LayerNorm's four too), a projection, the reverse direction."""
+    from test_module_layer_norm import DIFFERENTIABLE, op_problem
+
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.dtype == torch.float64 else a
+            for a in op_problem(9, True)]
+    results = []
+    for device in ("cpu", "cuda"):
+        moved = [a.to(device) if isinstance(a, torch.Tensor) and i != 1 else a
+                 for i, a in enumerate(args)]
+        leaves = [a.requires_grad_() if i in DIFFERENTIABLE and a is not None else a
+                  for i, a in enumerate(moved)]
+        out = torch.ops.lstm_ext.lstm_layer(*leaves)[:3]
+        wanted = [a for i, a in enumerate(leaves) if i in DIFFERENTIABLE and a is not None]
+        grads = torch.autograd.grad(out, wanted, [torch.ones_like(o) for o in out])
+        results.append([t.cpu() for t in (*out, *grads)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_reduced_precision_matches_cpu_op(dtype, reverse):

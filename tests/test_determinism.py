@@ -10,22 +10,24 @@ import lstm_ext
 from cpu_split import SEQUENCES, UNITS, cpu_split
 
 
-def _run(x, weights, batch_sizes, zoneout=()):
+def _run(x, weights, batch_sizes, zoneout=(), layer_norm=None):
     y, (h_n, c_n) = lstm_ext.lstm_layer(x, None, *weights, batch_sizes=batch_sizes, reverse=True,
-                                        **dict(zip(("zoneout_cell", "zoneout_hidden"), zoneout)))
+                                        **dict(zip(("zoneout_cell", "zoneout_hidden"), zoneout)),
+                                        layer_norm=layer_norm)
     loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + h_n.sum() + c_n.square().sum()
-    return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights])]
+    return [y, h_n, c_n, *torch.autograd.grad(loss, [x, *weights, *(layer_norm or ())])]
 
 
-@pytest.mark.parametrize("zoneout, proj", [(False, 48), (True, 48), (True, 0)],
-                         ids=["plain", "zoneout", "zoneout-no-proj"])
+@pytest.mark.parametrize("zoneout, proj, layer_norm", [(False, 48, False), (True, 48, False),
+                                                      (True, 0, False), (True, 48, True)],
+                         ids=["plain", "zoneout", "zoneout-no-proj", "zoneout-layer-norm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split, hidden, sizes", [
     (SEQUENCES, 96, [40] * 10 + [31] * 10 + [7] * 5),
     # The other way the CPU shares a step: by hidden units, a barrier per phase.
     (UNITS, 160, [4] * 10 + [3] * 10 + [1] * 5),
 ], ids=["sequences", "units"])
-def test_bitwise_identical_runs(split, hidden, sizes, dtype, zoneout, proj):
+def test_bitwise_identical_runs(split, hidden, sizes, dtype, zoneout, proj, layer_norm):
     """bfloat16 and float16: on the native path where the CPU has it; with
     zoneout's weights given, its passes too (without a projection, dL/dh̃ has
     its own buffer)."""
@@ -38,12 +40,14 @@ def test_bitwise_identical_runs(split, hidden, sizes, dtype, zoneout, proj):
     weights_d = (torch.rand(rows, hidden).lt(0.3).to(dtype),
                  torch.rand(rows, proj or hidden).lt(0.3).to(dtype))
     zoneout = weights_d if zoneout else ()
+    ln = [(torch.rand(n) + 0.5).to(dtype).requires_grad_()
+          for n in (4 * hidden, 4 * hidden, hidden, hidden)] if layer_norm else None
     with cpu_split(split):
-        first = _run(x, weights, batch_sizes, zoneout)
+        first = _run(x, weights, batch_sizes, zoneout, ln)
         torch.use_deterministic_algorithms(True)
         try:
             for _ in range(3):
-                for a, b in zip(_run(x, weights, batch_sizes, zoneout), first):
+                for a, b in zip(_run(x, weights, batch_sizes, zoneout, ln), first):
                     assert torch.equal(a, b)
         finally:
             torch.use_deterministic_algorithms(False)
@@ -93,6 +97,6 @@ def test_bitwise_identical_per_sample_gradients(split, dtype):
         try:
             for _ in range(3):
                 for a, b in zip(run(), first):
-                    assert torch.equal(a, b)
+                    assert (a is None and b is None) or torch.equal(a, b)
         finally:
             torch.use_deterministic_algorithms(False)

@@ -18,9 +18,11 @@ GRID = [
 ]
 
 
-def closed_form(case: ModuleCase, rows: int, backward: bool, input_grad: bool) -> int:
+def closed_form(case: ModuleCase, rows: int, backward: bool, input_grad: bool,
+                layer_norm: bool = False) -> int:
     """The products of forward (and backward, with every weight's gradient and, as
-    input_grad says, the input's) over all layers and directions."""
+    input_grad says, the input's) over all layers and directions. LayerNorm's
+    backward makes the forward's x W_ih^T and h W_hh^T again."""
     D, H, P = 2 if case.bidirectional else 1, case.H, case.proj or case.H
     proj = H if case.proj else 0
     total = 0
@@ -32,6 +34,7 @@ def closed_form(case: ModuleCase, rows: int, backward: bool, input_grad: bool) -
             wants_dx = input_grad or layer > 0
             # dgates W_hh and dy W_hr per step; dx; dW_ih, dW_hh, dW_hr.
             back = 4 * H * P + proj * P + 4 * H * inputs * wants_dx + forward
+            back += 4 * H * (inputs + P) * layer_norm
             total += D * 2 * rows * back
     return total
 
@@ -66,6 +69,19 @@ def test_forward_and_backward(case):
     assert set(counts) == {"lstm_ext.lstm_layer", "lstm_ext.lstm_layer_backward"}
     assert sum(counts.values()) == closed_form(case, rows, backward=True, input_grad=True)
     assert counts["lstm_ext.lstm_layer"] == closed_form(case, rows, False, False)
+
+
+@pytest.mark.parametrize("case", GRID[::4], ids=str)
+def test_layer_norm_forward_and_backward(case):
+    _, plain = twins(case)
+    module = lstm_ext.LSTM(**case.kwargs(), layer_norm=True, dtype=case.dtype)
+    module.load_state_dict(plain.state_dict(), strict=False)
+    problem = ModuleProblem(case)
+    rows = rows_of(case, problem)
+    counts = count(lambda: forward_and_backward(module, case, problem))
+    assert counts["lstm_ext.lstm_layer"] == closed_form(case, rows, False, False)
+    assert sum(counts.values()) == closed_form(case, rows, backward=True, input_grad=True,
+                                               layer_norm=True)
 
 
 @pytest.mark.parametrize("case", GRID[::3], ids=str)

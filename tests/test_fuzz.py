@@ -65,7 +65,8 @@ def worker():
 @st.composite
 def module_cases(draw, mutation=st.just(""), split=st.just(-1),
                  dtype=st.sampled_from(["float32", "float64"]), weight_drop=st.just(0.0),
-                 recurrent_dropout=st.just(0.0), zoneout=st.just((0.0, 0.0))):
+                 recurrent_dropout=st.just(0.0), zoneout=st.just((0.0, 0.0)),
+                 layer_norm=st.just(False)):
     split = draw(split)
     # Split by hidden units, a step is cut in pieces of 64 units: H > 64 for two.
     H = draw(st.integers(1, 6) if split != 1 else st.sampled_from([65, 100, 130]))
@@ -80,6 +81,7 @@ def module_cases(draw, mutation=st.just(""), split=st.just(-1),
         seed=draw(st.integers(0, 2**16)), mutation=draw(mutation), split=split,
         weight_drop=draw(weight_drop), recurrent_dropout=draw(recurrent_dropout),
         **dict(zip(("zoneout_hidden", "zoneout_cell"), draw(zoneout))),
+        layer_norm=draw(layer_norm),
     )
 
 
@@ -112,6 +114,15 @@ def test_recurrent_dropout_matches_the_cell_loop(worker, case):
                          recurrent_dropout=st.sampled_from([0.0, 0.25]),
                          zoneout=st.sampled_from([(0.3, 0.0), (0.0, 0.3), (0.25, 0.5)])))
 def test_zoneout_matches_the_cell_loop(worker, case):
+    worker.run(fc.check_cell_loop_options, case)
+
+
+@fuzz(60)
+@given(case=module_cases(split=st.sampled_from([-1, 0, 1]),
+                         dtype=st.sampled_from(["float32", "float64"]),
+                         zoneout=st.sampled_from([(0.0, 0.0), (0.25, 0.5)]),
+                         layer_norm=st.just(True)))
+def test_layer_norm_matches_the_cell_loop(worker, case):
     worker.run(fc.check_cell_loop_options, case)
 
 

@@ -35,6 +35,7 @@ class Config:
     reads: tuple = ("h_n",)  # of output, h_n, c_n
     hx: bool = False
     calls: int = 1  # the LSTM applied this many times in one forward
+    layer_norm: bool = False
 
     def __str__(self):
         fields = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
@@ -53,6 +54,8 @@ CONFIGS = [
     Config(hx=True, reads=("h_n", "c_n"), layers=2, bidirectional=True),
     Config(input="padded", hx=True, proj=2),
     Config(calls=2, reads=("output", "h_n"), bidirectional=True),
+    Config(layer_norm=True, reads=("output", "h_n", "c_n"), layers=2, bidirectional=True,
+           proj=2),
 ]
 
 
@@ -62,7 +65,8 @@ class Classifier(nn.Module):
         self.cfg = cfg
         self.lstm = lstm_ext.LSTM(I, H, num_layers=cfg.layers, bidirectional=cfg.bidirectional,
                                   proj_size=cfg.proj, bias=cfg.bias,
-                                  batch_first=cfg.input == "batch_first")
+                                  batch_first=cfg.input == "batch_first",
+                                  layer_norm=cfg.layer_norm)
         directions, out = 2 if cfg.bidirectional else 1, cfg.proj or H
         width = {"output": directions * out, "h_n": cfg.layers * directions * out,
                  "c_n": cfg.layers * directions * H}

@@ -126,7 +126,8 @@ def test_variants_benchmark_prints_each_option(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| B=2 T=3 I=4 H=5 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["weight_drop=0.5",
-                                                          "recurrent_dropout=0.5", "zoneout=0.5"]
+                                                          "recurrent_dropout=0.5", "zoneout=0.5",
+                                                          "layer_norm"]
     for row in rows:
         plain, option, over_plain, today, over_option = row.split("|")[3:8]
         assert float(plain) > 0 and float(option) > 0 and float(today) > 0

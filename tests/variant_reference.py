@@ -12,14 +12,32 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from module_reference import ModuleCase, ModuleProblem, Run
 
 
-def cell(x, h, c, w_ih, w_hh, b, w_hr, s, d_h=0, d_c=0):
+# LayerNorm's parameters of a layer and direction: cell's `ln` keys, names.
+LAYER_NORM_PARAMETERS = {"ih": "ln_ih_weight", "hh": "ln_hh_weight", "c_weight": "ln_c_weight",
+                         "c_bias": "ln_c_bias"}
+
+
+def layer_norm(v, weight, bias=None, eps=1e-5):
+    """v normalised over its elements (biased variance), scaled, shifted if
+    `bias` is given."""
+    mean = v.mean()
+    out = (v - mean) / torch.sqrt(((v - mean) ** 2).mean() + eps) * weight
+    return out if bias is None else out + bias
+
+
+def cell(x, h, c, w_ih, w_hh, b, w_hr, s, d_h=0, d_c=0, ln=None):
     """One step of one sequence: (h_t, c_t); s scales h where it enters the
     recurrent product (recurrent dropout), or is 1; d_h and d_c are zoneout's
-    weights of the previous h and c (0: none)."""
-    a = w_ih @ x + w_hh @ (h * s) + b
+    weights of the previous h and c (0: none); `ln`, LayerNorm's scales and
+    shift (ih, hh, c_weight, c_bias), or None."""
+    ih, hh = w_ih @ x, w_hh @ (h * s)
+    if ln is not None:
+        ih, hh = layer_norm(ih, ln["ih"]), layer_norm(hh, ln["hh"])
+    a = ih + hh + b
     i, f, g, o = a.chunk(4)
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    c_out = c_new if ln is None else layer_norm(c_new, ln["c_weight"], ln["c_bias"])
+    h_new = torch.sigmoid(o) * torch.tanh(c_out)
     h_new = h_new if w_hr is None else w_hr @ h_new
     return d_h * h + (1 - d_h) * h_new, d_c * c + (1 - d_c) * c_new
 
@@ -46,6 +64,8 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
             sfx = f"_l{layer}" + ("_reverse" if d else "")
             b = params["bias_ih" + sfx] + params["bias_hh" + sfx] if case.bias else 0
             w_hr = params.get("weight_hr" + sfx)
+            ln = ({key: params[name + sfx] for key, name in LAYER_NORM_PARAMETERS.items()}
+                  if "ln_ih_weight" + sfx in params else None)
             hs, cs = [], []
             for s in range(B):
                 h, c = h0[layer * D + d, s], c0[layer * D + d, s]
@@ -55,7 +75,7 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
                 for t in reversed(steps) if d else steps:
                     h, c = cell(inputs[t, s], h, c, params["weight_ih" + sfx], w_hh[sfx], b,
                                 w_hr, rec[sfx][s] if sfx in rec else 1, at(d_h, t, s),
-                                at(d_c, t, s))
+                                at(d_c, t, s), ln)
                     ys[t] = h
                 hs.append(h)
                 cs.append(c)

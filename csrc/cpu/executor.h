@@ -185,6 +185,73 @@ struct Executor {
     }
   }
 
+  // LayerNorm of each of `rows` rows of src (row stride `width`, normalised
+  // over all of it): columns [c0, c1) of dst's rows (the same stride) get, or
+  // with `accumulate` add, x̂ ⊙ gamma (gamma null: x̂); each row's rstd to
+  // rstd_out when given. dst may be src (all columns, not accumulating): a
+  // row's statistics come first. The threads share a block's rows; a step's
+  // (inside a phase) stay on the phase's thread.
+  void layer_norm_into(math_t* dst, const math_t* src, int64_t rows, int64_t width,
+                       const math_t* gamma, int64_t c0, int64_t c1, bool accumulate,
+                       math_t* rstd_out = nullptr) const {
+    for_each_row_part(rows, width, [&](int64_t r0, int64_t r1) {
+      passes.layer_norm(dst + r0 * width, src + r0 * width, r1 - r0, width, gamma, c0, c1,
+                        accumulate, rstd_out ? rstd_out + r0 : nullptr);
+    });
+  }
+
+  // LayerNorm's backward over rows of `width`: columns [c0, c1) of dst get
+  // dL/dv (cell.h's layer_norm_backward) from dy (dL/d(x̂ γ)), x̂ and each
+  // row's rstd. Row strides `width`; threads as in layer_norm_into.
+  void layer_norm_backward_into(scalar_t* dst, const math_t* dy, const math_t* x_hat,
+                                const math_t* rstd, const math_t* gamma, int64_t rows,
+                                int64_t width, int64_t c0, int64_t c1) const {
+    for_each_row_part(rows, width, [&](int64_t r0, int64_t r1) {
+      const int64_t at = r0 * width;
+      passes.layer_norm_backward(dst + at, dy + at, x_hat + at, rstd + r0, gamma, r1 - r0, width,
+                                 c0, c1);
+    });
+  }
+
+  // The backward of cell_output_layer_norm for rows [r0, r1) and units [u0,
+  // u1): from dL/dh (dh, plus dh_extra when given), o's gradient into
+  // dgates (and dgates_wide when given; the gate order), dL/dĉ (ĉ =
+  // LN(c̃)) into dc_hat (row stride H), h into h_out when given.
+  void cell_backward_layer_norm_output(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                       int64_t H, const scalar_t* gates, const math_t* c,
+                                       const math_t* gamma, const math_t* beta,
+                                       const math_t* dh, const math_t* dh_extra,
+                                       scalar_t* dgates, math_t* dgates_wide, math_t* dc_hat,
+                                       scalar_t* h_out) const {
+    passes.backward_output_layer_norm(r0, r1, u0, u1, H, gate_group(H), gates, c, gamma, beta,
+                                      dh, dh_extra, dgates, dgates_wide, dc_hat, h_out);
+  }
+
+  // Then the cell's state: dL/dc̃ from dc_hat through LayerNorm plus the
+  // dL/dc_t carried in dc_state (zoneout's share taken off, `zone` as in
+  // cell_forward), the gradients of i, f, g into dgates (and dgates_wide),
+  // dL/dc_{t-1} into dc_state; for the LayerNorm parameters' gradients,
+  // dc_hat ⊙ ĉ's x̂ into dgamma (row stride H).
+  void cell_backward_layer_norm_state(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                      int64_t carried, int64_t H, const scalar_t* gates,
+                                      const math_t* c, const math_t* c_prev, const math_t* c0,
+                                      const math_t* zone, const math_t* gamma,
+                                      const math_t* dc_hat, math_t* dc_state, scalar_t* dgates,
+                                      math_t* dgates_wide, math_t* dgamma) const {
+    passes.backward_state_layer_norm(r0, r1, u0, u1, carried, H, gate_group(H), gates, c, c_prev,
+                                     c0, zone, gamma, dc_hat, dc_state, dgates, dgates_wide,
+                                     dgamma);
+  }
+
+  // h of rows [r0, r1) and units [u0, u1) with LayerNorm on c̃ (cell.h's
+  // cell_output_layer_norm): o from `activated` (row stride 4H, the gate
+  // order), c̃ from c (row stride H); gamma and beta (H) in unit order.
+  void cell_output_layer_norm(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
+                              const scalar_t* activated, const math_t* c, const math_t* gamma,
+                              const math_t* beta, scalar_t* h_out) const {
+    passes.output_layer_norm(r0, r1, u0, u1, H, gate_group(H), activated, c, gamma, beta, h_out);
+  }
+
   // Rows [r0, r1) and units [u0, u1) of one step, gates (row stride 4H) in the
   // gate order: pre-activations less the bias in; their activations out to
   // `activated` (the same layout; it may be gates itself, or null: not kept);
@@ -235,6 +302,8 @@ struct Executor {
 
  private:
   static constexpr int64_t kChunkBytes = 32 * 1024;
+  // Row-wise passes go to the threads in parts of at least this many values.
+  static constexpr int64_t kRowPartValues = 16 * 1024;
   // Split by units from this many hidden units per sequence of a thread.
   static constexpr int64_t kUnitsPerRow = 64;
   // Unit ranges start at multiples of this: gates of kPanel / 4 units and the
@@ -242,6 +311,13 @@ struct Executor {
   static constexpr int64_t kUnitAlign = kPanel;
 
   static int64_t threads() { return at::get_num_threads(); }
+
+  // body(r0, r1) over [0, rows) of `width` values each, in parts for the
+  // threads (inside a parallel region, on its thread alone).
+  template <typename Body>
+  static void for_each_row_part(int64_t rows, int64_t width, const Body& body) {
+    at::parallel_for(0, rows, std::max<int64_t>(1, kRowPartValues / width), body);
+  }
 
   // A row's flops are two per weight it multiplies.
   static bool small(const Steps& steps, int64_t flops_per_row) {

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <type_traits>
 
 namespace lstm_ext::cpu::CPU_CAPABILITY {
@@ -46,6 +47,8 @@ struct Cells {
   // Results rounded to 16 bits take the cheaper activations (cell.h).
   using Act = std::conditional_t<std::is_same_v<math_t, scalar_t>, Activations<Vec>,
                                  RoundedActivations>;
+  // LayerNorm's h (cell.h).
+  using NormAct = PreciseActivations<Vec>;
 
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
                       int64_t group, const math_t* gates, scalar_t* activated,
@@ -148,6 +151,158 @@ struct Cells {
     }
   }
 
+  static void layer_norm(math_t* dst, const math_t* src, int64_t rows, int64_t width,
+                         const math_t* gamma, int64_t c0, int64_t c1, bool accumulate,
+                         math_t* rstd_out) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const math_t* s = src + r * width;
+      math_t* d = dst + r * width;
+      const Stats st = row_stats(s, width);
+      if (rstd_out) rstd_out[r] = st.rstd;
+      for_each_vector(c0, c1, [&](int64_t c, int64_t n) {
+        Vec v = lstm_ext::layer_norm_normalised(Vec::loadu(s + c, n), Vec(st.mean), Vec(st.rstd));
+        if (gamma) v = v * Vec::loadu(gamma + c, n);
+        if (accumulate) v = v + Vec::loadu(d + c, n);
+        v.store(d + c, n);
+      });
+    }
+  }
+
+  static void layer_norm_backward(scalar_t* dst, const math_t* dy, const math_t* x_hat,
+                                  const math_t* rstd, const math_t* gamma, int64_t rows,
+                                  int64_t width, int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const math_t* g = dy + r * width;
+      const math_t* v = x_hat + r * width;
+      const auto dy_gamma = [&](int64_t c, int64_t n) {
+        return Vec::loadu(g + c, n) * Vec::loadu(gamma + c, n);
+      };
+      const Vec m1(lstm_ext::layer_norm_mean(row_sum(width, dy_gamma), width));
+      const Vec m2(lstm_ext::layer_norm_mean(
+          row_sum(width, [&](int64_t c, int64_t n) { return dy_gamma(c, n) * Vec::loadu(v + c, n); }),
+          width));
+      for_each_vector(c0, c1, [&](int64_t c, int64_t n) {
+        store(lstm_ext::layer_norm_backward(dy_gamma(c, n), Vec::loadu(v + c, n), m1, m2,
+                                            Vec(rstd[r])),
+              dst + r * width + c, n);
+      });
+    }
+  }
+
+  static void output_layer_norm(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
+                                int64_t group, const scalar_t* activated, const math_t* c,
+                                const math_t* gamma, const math_t* beta, scalar_t* h_out) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const Stats st = row_stats(c + r * H, H);
+      for_each_chunk(r, r + 1, u0, u1, H, group, [&](const Chunk& k) {
+        const int64_t e = r * H + k.unit;
+        const Vec o = load<Vec>(activated + r * 4 * H + k.column + 3 * k.stride, k.n);
+        store(lstm_ext::cell_output_layer_norm<Vec, NormAct>(
+                  o, Vec::loadu(c + e, k.n), Vec(st.mean), Vec(st.rstd), Vec::loadu(gamma + k.unit, k.n),
+                  Vec::loadu(beta + k.unit, k.n)),
+              h_out + e, k.n);
+      });
+    }
+  }
+
+  static void backward_output_layer_norm(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                         int64_t H, int64_t group, const scalar_t* gates,
+                                         const math_t* c, const math_t* gamma, const math_t* beta,
+                                         const math_t* dh, const math_t* dh_extra,
+                                         scalar_t* dgates, math_t* dgates_wide, math_t* dc_hat,
+                                         scalar_t* h_out) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const Stats st = row_stats(c + r * H, H);
+      for_each_chunk(r, r + 1, u0, u1, H, group, [&](const Chunk& k) {
+        const int64_t at = r * 4 * H + k.column + 3 * k.stride, e = r * H + k.unit;
+        const Vec t = lstm_ext::cell_tanh_layer_norm<Vec, NormAct>(
+            Vec::loadu(c + e, k.n), Vec(st.mean), Vec(st.rstd), Vec::loadu(gamma + k.unit, k.n),
+            Vec::loadu(beta + k.unit, k.n));
+        Vec dh_v = Vec::loadu(dh + e, k.n);
+        if (dh_extra) dh_v = dh_v + Vec::loadu(dh_extra + e, k.n);
+        Vec do_, dc, h;
+        lstm_ext::cell_backward_output(load<Vec>(gates + at, k.n), t, dh_v, do_, dc, h);
+        store(do_, dgates + at, k.n);
+        if (dgates_wide) do_.store(dgates_wide + at, k.n);
+        dc.store(dc_hat + e, k.n);
+        if (h_out) store(h, h_out + e, k.n);
+      });
+    }
+  }
+
+  static void backward_state_layer_norm(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                        int64_t carried, int64_t H, int64_t group,
+                                        const scalar_t* gates, const math_t* c,
+                                        const math_t* c_prev, const math_t* c0,
+                                        const math_t* zone, const math_t* gamma,
+                                        const math_t* dc_hat, math_t* dc_state, scalar_t* dgates,
+                                        math_t* dgates_wide, math_t* dgamma) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const math_t* c_r = c + r * H;
+      const math_t* g_r = dc_hat + r * H;
+      const Stats st = row_stats(c_r, H);
+      const auto v_hat = [&](int64_t u, int64_t n) {
+        return lstm_ext::layer_norm_normalised(Vec::loadu(c_r + u, n), Vec(st.mean), Vec(st.rstd));
+      };
+      const auto dy_gamma = [&](int64_t u, int64_t n) {
+        return Vec::loadu(g_r + u, n) * Vec::loadu(gamma + u, n);
+      };
+      const Vec m1(lstm_ext::layer_norm_mean(row_sum(H, dy_gamma), H));
+      const Vec m2(lstm_ext::layer_norm_mean(
+          row_sum(H, [&](int64_t u, int64_t n) { return dy_gamma(u, n) * v_hat(u, n); }), H));
+      const math_t* prev = (r < carried ? c_prev : c0) + r * H;
+      for_each_chunk(r, r + 1, u0, u1, H, group, [&](const Chunk& k) {
+        const int64_t at = r * 4 * H + k.column, e = r * H + k.unit;
+        const auto [i, f, g, o] = load_gates(gates + at, k, nullptr, H);
+        const Vec x_hat = v_hat(k.unit, k.n);
+        const Vec dc_next = Vec::loadu(dc_state + e, k.n);
+        Vec dc = dc_next, kept(0);
+        if (zone) lstm_ext::zoneout_backward(dc_next, Vec::loadu(zone + e, k.n), dc, kept);
+        dc = dc + lstm_ext::layer_norm_backward(dy_gamma(k.unit, k.n), x_hat, m1, m2, Vec(st.rstd));
+        Vec d[3], dc_prev;
+        lstm_ext::cell_backward_state(i, f, g, Vec::loadu(prev + k.unit, k.n), dc, d[0], d[1],
+                                      d[2], dc_prev);
+        (dc_prev + kept).store(dc_state + e, k.n);
+        for (int64_t q = 0; q < 3; ++q) {
+          store(d[q], dgates + at + q * k.stride, k.n);
+          if (dgates_wide) d[q].store(dgates_wide + at + q * k.stride, k.n);
+        }
+        (Vec::loadu(g_r + k.unit, k.n) * x_hat).store(dgamma + e, k.n);
+      });
+    }
+  }
+
+  // Calls fn(c, n) over [c0, c1) a vector (n values from c) at a time.
+  template <typename Fn>
+  static void for_each_vector(int64_t c0, int64_t c1, const Fn& fn) {
+    for (int64_t c = c0; c < c1; c += Vec::size()) fn(c, std::min<int64_t>(Vec::size(), c1 - c));
+  }
+
+  // The sum over [0, n) of term(c, n_c), a vector of n_c values from c (its
+  // lanes past n_c not counted).
+  template <typename Term>
+  static math_t row_sum(int64_t n, const Term& term) {
+    Vec sum(0);
+    for_each_vector(0, n, [&](int64_t c, int64_t k) { sum = sum + Vec::set(Vec(0), term(c, k), k); });
+    math_t lanes[Vec::size()];
+    sum.store(lanes);
+    return std::accumulate(lanes, lanes + Vec::size(), math_t(0));
+  }
+
+  // LayerNorm's mean and rstd of n values at v (cell.h), summed in vectors.
+  struct Stats {
+    math_t mean, rstd;
+  };
+  static Stats row_stats(const math_t* v, int64_t n) {
+    const math_t mean = lstm_ext::layer_norm_mean(
+        row_sum(n, [&](int64_t c, int64_t k) { return Vec::loadu(v + c, k); }), n);
+    const math_t squares = row_sum(n, [&](int64_t c, int64_t k) {
+      const Vec d = Vec::loadu(v + c, k) - Vec(mean);
+      return d * d;
+    });
+    return {mean, lstm_ext::layer_norm_rstd(squares, n)};
+  }
+
   // A vector-wide chunk of one row: units [unit, unit + n), whose gate 0 is
   // at `column` of the row's gates and gate k at column + k * stride.
   struct Chunk {
@@ -182,7 +337,15 @@ struct Cells {
     }
   }
 
-  static constexpr CellKernels<math_t, scalar_t> table{&forward, &backward, &tangent, &add};
+  static constexpr CellKernels<math_t, scalar_t> table{&forward,
+                                                        &backward,
+                                                        &tangent,
+                                                        &add,
+                                                        &layer_norm,
+                                                        &layer_norm_backward,
+                                                        &output_layer_norm,
+                                                        &backward_output_layer_norm,
+                                                        &backward_state_layer_norm};
 };
 
 // Blocks that fill registers: 16 x 16 floats, 32 x 32 16-bit values (AVX-512

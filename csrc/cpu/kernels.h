@@ -41,6 +41,28 @@ struct CellKernels {
                   math_t* t_c_out, math_t* t_h_out, math_t* h_out);
   // dst = a + b, n elements.
   void (*add)(scalar_t* dst, const math_t* a, const math_t* b, int64_t n);
+  // The LayerNorm variant's passes: rows normalised, h from LN(c̃), and
+  // their backward (csrc/cell.h; executor.h says what each does).
+  void (*layer_norm)(math_t* dst, const math_t* src, int64_t rows, int64_t width,
+                     const math_t* gamma, int64_t c0, int64_t c1, bool accumulate,
+                     math_t* rstd_out);
+  void (*layer_norm_backward)(scalar_t* dst, const math_t* dy, const math_t* x_hat,
+                              const math_t* rstd, const math_t* gamma, int64_t rows,
+                              int64_t width, int64_t c0, int64_t c1);
+  void (*output_layer_norm)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
+                            int64_t group, const scalar_t* activated, const math_t* c,
+                            const math_t* gamma, const math_t* beta, scalar_t* h_out);
+  void (*backward_output_layer_norm)(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
+                                     int64_t group, const scalar_t* gates, const math_t* c,
+                                     const math_t* gamma, const math_t* beta, const math_t* dh,
+                                     const math_t* dh_extra, scalar_t* dgates,
+                                     math_t* dgates_wide, math_t* dc_hat, scalar_t* h_out);
+  void (*backward_state_layer_norm)(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                    int64_t carried, int64_t H, int64_t group,
+                                    const scalar_t* gates, const math_t* c, const math_t* c_prev,
+                                    const math_t* c0, const math_t* zone, const math_t* gamma,
+                                    const math_t* dc_hat, math_t* dc_state, scalar_t* dgates,
+                                    math_t* dgates_wide, math_t* dgamma);
 };
 
 // The most rows few_rows_gemm takes.

@@ -93,6 +93,49 @@ struct Executor {
     launch(n, mul_kernel<scalar_t>, dst, a, s, n);
   }
 
+  void layer_norm_into(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t width,
+                       const scalar_t* gamma, int64_t c0, int64_t c1, bool accumulate,
+                       scalar_t* rstd_out = nullptr) const {
+    launch(rows, layer_norm_into_kernel<scalar_t>, dst, src, rows, width, gamma, c0, c1,
+           accumulate, rstd_out);
+  }
+
+  void layer_norm_backward_into(scalar_t* dst, const scalar_t* dy, const scalar_t* x_hat,
+                                const scalar_t* rstd, const scalar_t* gamma, int64_t rows,
+                                int64_t width, int64_t c0, int64_t c1) const {
+    launch(rows, layer_norm_backward_kernel<scalar_t>, dst, dy, x_hat, rstd, gamma, rows, width,
+           c0, c1);
+  }
+
+  void cell_backward_layer_norm_output(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                       int64_t H, const scalar_t* gates, const scalar_t* c,
+                                       const scalar_t* gamma, const scalar_t* beta,
+                                       const scalar_t* dh, const scalar_t* dh_extra,
+                                       scalar_t* dgates, scalar_t* /*dgates_wide*/,
+                                       scalar_t* dc_hat, scalar_t* h_out) const {
+    launch(r1 - r0, cell_backward_layer_norm_output_kernel<scalar_t>, r0, r1, u0, u1, H, gates,
+           c, gamma, beta, dh, dh_extra, dgates, dc_hat, h_out);
+  }
+
+  void cell_backward_layer_norm_state(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                      int64_t carried, int64_t H, const scalar_t* gates,
+                                      const scalar_t* c, const scalar_t* c_prev,
+                                      const scalar_t* c0, const scalar_t* zone,
+                                      const scalar_t* gamma, const scalar_t* dc_hat,
+                                      scalar_t* dc_state, scalar_t* dgates,
+                                      scalar_t* /*dgates_wide*/, scalar_t* dgamma) const {
+    launch(r1 - r0, cell_backward_layer_norm_state_kernel<scalar_t>, r0, r1, u0, u1, carried, H,
+           gates, c, c_prev, c0, zone, gamma, dc_hat, dc_state, dgates, dgamma);
+  }
+
+  void cell_output_layer_norm(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
+                              const scalar_t* activated, const scalar_t* c,
+                              const scalar_t* gamma, const scalar_t* beta,
+                              scalar_t* h_out) const {
+    launch(r1 - r0, cell_output_layer_norm_kernel<scalar_t>, r0, r1, u0, u1, H, activated, c,
+           gamma, beta, h_out);
+  }
+
   void add_scaled(scalar_t* dst, const scalar_t* a, const scalar_t* s, int64_t n) const {
     launch(n, add_mul_kernel<scalar_t>, dst, a, s, n);
   }

@@ -133,6 +133,130 @@ __global__ void mul_kernel(T* dst, const T* a, const T* b, int64_t n) {
   for_each_element(n, [&](int64_t e) { dst[e] = a[e] * b[e]; });
 }
 
+// The executor's layer_norm_into, one row per iteration.
+template <typename T>
+__global__ void layer_norm_into_kernel(T* dst, const T* src, int64_t rows, int64_t width,
+                                       const T* gamma, int64_t c0, int64_t c1, bool accumulate,
+                                       T* rstd_out) {
+  for_each_element(rows, [&](int64_t r) {
+    const T* s = src + r * width;
+    T* d = dst + r * width;
+    T mean, rstd;
+    layer_norm_stats(width, [&](int64_t i) { return s[i]; }, mean, rstd);
+    if (rstd_out) rstd_out[r] = rstd;
+    for (int64_t c = c0; c < c1; ++c) {
+      const T v = layer_norm_normalised(s[c], mean, rstd) * (gamma ? gamma[c] : T(1));
+      d[c] = accumulate ? d[c] + v : v;
+    }
+  });
+}
+
+// The executor's layer_norm_backward_into, one row per iteration.
+template <typename T>
+__global__ void layer_norm_backward_kernel(T* dst, const T* dy, const T* x_hat, const T* rstd,
+                                           const T* gamma, int64_t rows, int64_t width,
+                                           int64_t c0, int64_t c1) {
+  for_each_element(rows, [&](int64_t r) {
+    const T* g = dy + r * width;
+    const T* v = x_hat + r * width;
+    T m1(0), m2(0);
+    for (int64_t c = 0; c < width; ++c) {
+      m1 += g[c] * gamma[c];
+      m2 += g[c] * gamma[c] * v[c];
+    }
+    m1 = layer_norm_mean(m1, width);
+    m2 = layer_norm_mean(m2, width);
+    for (int64_t c = c0; c < c1; ++c) {
+      dst[r * width + c] = layer_norm_backward(g[c] * gamma[c], v[c], m1, m2, rstd[r]);
+    }
+  });
+}
+
+// Calls fn(r, c_r, mean, rstd) for this thread's rows r of [r0, r1) of c
+// (row stride H): a row and its LayerNorm statistics, one row per iteration.
+template <typename T, typename Fn>
+__device__ __forceinline__ void for_each_normalised_row(int64_t r0, int64_t r1, int64_t H,
+                                                        const T* c, const Fn& fn) {
+  for_each_element(r1 - r0, [&](int64_t k) {
+    const int64_t r = r0 + k;
+    const T* c_r = c + r * H;
+    T mean, rstd;
+    layer_norm_stats(H, [&](int64_t i) { return c_r[i]; }, mean, rstd);
+    fn(r, c_r, mean, rstd);
+  });
+}
+
+// The executor's cell_backward_layer_norm_output (PyTorch's gate order), one
+// row per iteration.
+template <typename T>
+__global__ void cell_backward_layer_norm_output_kernel(int64_t r0, int64_t r1, int64_t u0,
+                                                       int64_t u1, int64_t H, const T* gates,
+                                                       const T* c, const T* gamma, const T* beta,
+                                                       const T* dh, const T* dh_extra,
+                                                       T* dgates, T* dc_hat, T* h_out) {
+  for_each_normalised_row(r0, r1, H, c, [&](int64_t r, const T* c_r, T mean, T rstd) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t at = r * 4 * H + 3 * H + u, e = r * H + u;
+      const T t = cell_tanh_layer_norm(c_r[u], mean, rstd, gamma[u], beta[u]);
+      T h;
+      cell_backward_output(gates[at], t, dh[e] + (dh_extra ? dh_extra[e] : T(0)), dgates[at],
+                           dc_hat[e], h);
+      if (h_out) h_out[e] = h;
+    }
+  });
+}
+
+// The executor's cell_backward_layer_norm_state (PyTorch's gate order), one
+// row per iteration.
+template <typename T>
+__global__ void cell_backward_layer_norm_state_kernel(int64_t r0, int64_t r1, int64_t u0,
+                                                      int64_t u1, int64_t carried, int64_t H,
+                                                      const T* gates, const T* c,
+                                                      const T* c_prev, const T* c0,
+                                                      const T* zone, const T* gamma,
+                                                      const T* dc_hat, T* dc_state, T* dgates,
+                                                      T* dgamma) {
+  for_each_normalised_row(r0, r1, H, c, [&](int64_t r, const T* c_r, T mean, T rstd) {
+    const T* g_r = dc_hat + r * H;
+    T m1(0), m2(0);
+    for (int64_t u = 0; u < H; ++u) {
+      m1 += g_r[u] * gamma[u];
+      m2 += g_r[u] * gamma[u] * layer_norm_normalised(c_r[u], mean, rstd);
+    }
+    m1 = layer_norm_mean(m1, H);
+    m2 = layer_norm_mean(m2, H);
+    const T* prev = (r < carried ? c_prev : c0) + r * H;
+    const T* g = gates + r * 4 * H;
+    T* dg = dgates + r * 4 * H;
+    for (int64_t u = u0; u < u1; ++u) {
+      const T v_hat = layer_norm_normalised(c_r[u], mean, rstd);
+      const int64_t e = r * H + u;
+      T dc = dc_state[e], kept(0);
+      if (zone) zoneout_backward(dc_state[e], zone[e], dc, kept);
+      dc += layer_norm_backward(g_r[u] * gamma[u], v_hat, m1, m2, rstd);
+      T dc_prev;
+      cell_backward_state(g[u], g[H + u], g[2 * H + u], prev[u], dc, dg[u], dg[H + u],
+                          dg[2 * H + u], dc_prev);
+      dc_state[e] = dc_prev + kept;
+      dgamma[e] = g_r[u] * v_hat;
+    }
+  });
+}
+
+// The executor's cell_output_layer_norm (PyTorch's gate order), one row per
+// iteration.
+template <typename T>
+__global__ void cell_output_layer_norm_kernel(int64_t r0, int64_t r1, int64_t u0, int64_t u1,
+                                              int64_t H, const T* activated, const T* c,
+                                              const T* gamma, const T* beta, T* h_out) {
+  for_each_normalised_row(r0, r1, H, c, [&](int64_t r, const T* c_r, T mean, T rstd) {
+    for (int64_t u = u0; u < u1; ++u) {
+      h_out[r * H + u] = cell_output_layer_norm(activated[r * 4 * H + 3 * H + u], c_r[u], mean,
+                                                rstd, gamma[u], beta[u]);
+    }
+  });
+}
+
 template <typename T>
 __global__ void add_mul_kernel(T* dst, const T* a, const T* b, int64_t n) {
   for_each_element(n, [&](int64_t e) { dst[e] += a[e] * b[e]; });
