@@ -30,6 +30,14 @@
 //       backward for a + b (fresh in scalar_t or math_t, kept may be b)
 //   narrow(dst, ld_dst, src, ld_src, rows, cols), src rounded to scalar_t
 //   to_pytorch_gate_order(t, dim, H)
+//   for the LayerNorm variant, in math_t over rows of a given width:
+//   layer_norm_into(...), rows normalised (times γ; rstd kept when asked);
+//   layer_norm_backward_into(...), its backward into scalar_t;
+//   cell_output_layer_norm(...), h from LN(c̃) and the activated o;
+//   cell_backward_layer_norm_output(...), cell_backward_layer_norm_state(...),
+//       the backward cell pass in two halves (o's gradient and dL/dĉ, then
+//       through LN_c into c̃ and i, f, g); the executors' comments have the
+//       arguments
 // Weights are laid out once per call (LaidOut), or kept by the caller between
 // inference calls (lstm_layer_lay_out), so that the loop only multiplies them
 // in the form its executor's products want.

@@ -217,7 +217,11 @@ def check_cell_loop_options(c: ModuleCase) -> None:
     inference op) the same outputs and states."""
     tol = _configure(c)
     if c.layer_norm and DTYPES[c.dtype] == torch.float32:
-        tol = dict(rtol=5e-4, atol=5e-4)  # normalising divides by each row's spread
+        # Normalising divides by each row's spread, which with H <= 6 can be
+        # small enough to amplify float32 rounding past 5e-4, differently per
+        # CPU (a float32 loop of cells goes past it too); wrong logic errs by
+        # orders more than 5e-3.
+        tol = dict(rtol=5e-3, atol=5e-3)
     _, ours = _modules(c)
     results, _ = _results(c, ours)
     gen = torch.Generator().manual_seed(c.seed)

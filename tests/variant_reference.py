@@ -88,16 +88,19 @@ def reference_lstm(case: ModuleCase, x, lengths, h0, c0, params: dict, w_hh: dic
 
 
 def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float,
-                  rec: dict | None = None, zoneout: dict | None = None) -> Run:
+                  rec: dict | None = None, zoneout: dict | None = None,
+                  dtype: torch.dtype = torch.float64) -> Run:
     """ModuleProblem.run's results, loss and gradients from reference_lstm on
     `module`'s parameters (copies), each W_hh times its mask (by suffix;
     none: W_hh itself) over 1 - p; `rec`: recurrent dropout's scales by
     suffix, (B, P) in the input's sequence order; `zoneout`: reference_lstm's,
-    masks time-major in the input's sequence order."""
+    masks time-major in the input's sequence order. In `dtype`: float64
+    unless told."""
     c = problem.case
-    x, h0, c0, _ = problem.inputs(torch.float64)
-    params = {name: t.detach().double().requires_grad_() for name, t in module.named_parameters()}
-    w_hh = {name[len("weight_hh"):]: w * w_hh_masks[name[len("weight_hh"):]] / (1 - p)
+    x, h0, c0, _ = problem.inputs(dtype)
+    params = {name: t.detach().to(dtype).requires_grad_()
+              for name, t in module.named_parameters()}
+    w_hh = {name[len("weight_hh"):]: w * w_hh_masks[name[len("weight_hh"):]].to(dtype) / (1 - p)
             if name[len("weight_hh"):] in w_hh_masks else w
             for name, w in params.items() if name.startswith("weight_hh")}
     batched = c.input != "unbatched"
@@ -107,7 +110,10 @@ def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float,
     if not batched:
         h0s, c0s = h0s.unsqueeze(1), c0s.unsqueeze(1)
     lengths = problem.lengths if c.input in ("packed", "sorted") else [xs.shape[0]] * xs.shape[1]
-    rec = {k: v.double() if batched else v.double().reshape(1, -1) for k, v in (rec or {}).items()}
+    rec = {k: v.to(dtype) if batched else v.to(dtype).reshape(1, -1)
+           for k, v in (rec or {}).items()}
+    zoneout = zoneout and {k: tuple(d.to(dtype) if torch.is_tensor(d) else d for d in pair)
+                           for k, pair in zoneout.items()}
     y, h_n, c_n = reference_lstm(c, xs, lengths, h0s, c0s, params, w_hh, rec, zoneout)
     if c.input in ("packed", "sorted"):
         output = pack_padded_sequence(y, problem.lengths, enforce_sorted=c.input == "sorted")
@@ -117,7 +123,7 @@ def reference_run(problem: ModuleProblem, module, w_hh_masks: dict, p: float,
         output = y
     else:
         output = y = y.transpose(0, 1) if c.batch_first else y
-    loss = sum((a * b.double()).sum() for a, b in ((y, problem.dy), (h_n, problem.dh),
+    loss = sum((a * b.to(dtype)).sum() for a, b in ((y, problem.dy), (h_n, problem.dh),
                                                     (c_n, problem.dc)))
     leaves = {"input": x, **({"h0": h0, "c0": c0} if c.hx else {}), **params}
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
@@ -134,6 +140,19 @@ def assert_close_to_reference(ours: Run, ref: Run, **tol):
     for name, g in ref.grads.items():
         torch.testing.assert_close(ours.grads[name].double(), g, **tol,
                                    msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+def assert_close_as_a_float32_loop(ours: Run, ref: Run, loop: Run, rtol: float, atol: float):
+    """assert_close_to_reference for float32 results where rounding is
+    amplified: each tensor may also err by 8 times the worst error of the
+    same loop of cells run in float32 (`loop`) on it."""
+    def pairs(run):
+        return [(n, getattr(run, n)) for n in ("y", "h_n", "c_n")] + list(run.grads.items())
+    assert ours.grads.keys() == ref.grads.keys()
+    for (name, a), (_, b), (_, c) in zip(pairs(ours), pairs(ref), pairs(loop)):
+        slack = 8 * (c.detach().double() - b.detach()).abs().max().item()
+        torch.testing.assert_close(a.detach().double(), b.detach(), rtol=rtol, atol=atol + slack,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def assert_layers_agree_with_options(layer, other, dtype, zoneout=False):

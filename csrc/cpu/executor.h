@@ -190,10 +190,12 @@ struct Executor {
   // with `accumulate` add, x̂ ⊙ gamma (gamma null: x̂); each row's rstd to
   // rstd_out when given. dst may be src (all columns, not accumulating): a
   // row's statistics come first. The threads share a block's rows; a step's
-  // (inside a phase) stay on the phase's thread.
+  // (inside a phase) stay on the phase's thread. Profiled as a cell pass (in
+  // the backward too, where it makes x̂ again).
   void layer_norm_into(math_t* dst, const math_t* src, int64_t rows, int64_t width,
                        const math_t* gamma, int64_t c0, int64_t c1, bool accumulate,
                        math_t* rstd_out = nullptr) const {
+    const Timed timed(Work::cell_forward, rows * (c1 - c0));
     for_each_row_part(rows, width, [&](int64_t r0, int64_t r1) {
       passes.layer_norm(dst + r0 * width, src + r0 * width, r1 - r0, width, gamma, c0, c1,
                         accumulate, rstd_out ? rstd_out + r0 : nullptr);
@@ -206,6 +208,7 @@ struct Executor {
   void layer_norm_backward_into(scalar_t* dst, const math_t* dy, const math_t* x_hat,
                                 const math_t* rstd, const math_t* gamma, int64_t rows,
                                 int64_t width, int64_t c0, int64_t c1) const {
+    const Timed timed(Work::cell_backward, rows * (c1 - c0));
     for_each_row_part(rows, width, [&](int64_t r0, int64_t r1) {
       const int64_t at = r0 * width;
       passes.layer_norm_backward(dst + at, dy + at, x_hat + at, rstd + r0, gamma, r1 - r0, width,
@@ -223,6 +226,7 @@ struct Executor {
                                        const math_t* dh, const math_t* dh_extra,
                                        scalar_t* dgates, math_t* dgates_wide, math_t* dc_hat,
                                        scalar_t* h_out) const {
+    const Timed timed(Work::cell_backward, (r1 - r0) * (u1 - u0));
     passes.backward_output_layer_norm(r0, r1, u0, u1, H, gate_group(H), gates, c, gamma, beta,
                                       dh, dh_extra, dgates, dgates_wide, dc_hat, h_out);
   }
@@ -238,6 +242,7 @@ struct Executor {
                                       const math_t* zone, const math_t* gamma,
                                       const math_t* dc_hat, math_t* dc_state, scalar_t* dgates,
                                       math_t* dgates_wide, math_t* dgamma) const {
+    const Timed timed(Work::cell_backward, (r1 - r0) * (u1 - u0));
     passes.backward_state_layer_norm(r0, r1, u0, u1, carried, H, gate_group(H), gates, c, c_prev,
                                      c0, zone, gamma, dc_hat, dc_state, dgates, dgates_wide,
                                      dgamma);
@@ -249,6 +254,7 @@ struct Executor {
   void cell_output_layer_norm(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t H,
                               const scalar_t* activated, const math_t* c, const math_t* gamma,
                               const math_t* beta, scalar_t* h_out) const {
+    const Timed timed(Work::cell_forward, (r1 - r0) * (u1 - u0));
     passes.output_layer_norm(r0, r1, u0, u1, H, gate_group(H), activated, c, gamma, beta, h_out);
   }
 

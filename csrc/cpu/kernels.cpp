@@ -47,7 +47,7 @@ struct Cells {
   // Results rounded to 16 bits take the cheaper activations (cell.h).
   using Act = std::conditional_t<std::is_same_v<math_t, scalar_t>, Activations<Vec>,
                                  RoundedActivations>;
-  // LayerNorm's h (cell.h).
+  // LayerNorm's tanh of LN(c̃), whatever the results' width (cell.h).
   using NormAct = PreciseActivations<Vec>;
 
   static void forward(int64_t r0, int64_t r1, int64_t u0, int64_t u1, int64_t carried, int64_t H,
