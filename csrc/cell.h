@@ -191,6 +191,23 @@ LSTM_HOST_DEVICE T cell_output_layer_norm(T o, T c, T mean, T rstd, T gamma, T b
   return o * cell_tanh_layer_norm<T, A>(c, mean, rstd, gamma, beta);
 }
 
+// The state half of the backward with LayerNorm on c̃: dL/dc̃ is dc_next's
+// share for c̃ (all of it, or with zoneout on c (`zoned`, weight d) the fresh
+// share) plus LN_c's backward of dL/dĉ (dc_hat_gamma = dL/dĉ ⊙ γ_c at this
+// unit, v_hat its x̂, the row's m1, m2 and rstd as in layer_norm_backward);
+// out: i, f, g's gradients and dL/dc_{t-1} (zoneout's kept share added).
+template <typename T>
+LSTM_HOST_DEVICE void cell_backward_state_layer_norm(T i, T f, T g, T c_prev, T dc_next,
+                                                     bool zoned, T d, T dc_hat_gamma, T v_hat,
+                                                     T m1, T m2, T rstd, T& di, T& df, T& dg,
+                                                     T& dc_prev) {
+  T dc = dc_next, kept(0);
+  if (zoned) zoneout_backward(dc_next, d, dc, kept);
+  dc = dc + layer_norm_backward(dc_hat_gamma, v_hat, m1, m2, rstd);
+  cell_backward_state(i, f, g, c_prev, dc, di, df, dg, dc_prev);
+  dc_prev = dc_prev + kept;
+}
+
 #if !defined(__CUDACC__)
 // Both from one exp and one division. Sleef's tanh, behind Vectorized::tanh,
 // costs several times more; this form loses relative (not absolute) accuracy

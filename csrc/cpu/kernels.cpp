@@ -255,14 +255,12 @@ struct Cells {
         const int64_t at = r * 4 * H + k.column, e = r * H + k.unit;
         const auto [i, f, g, o] = load_gates(gates + at, k, nullptr, H);
         const Vec x_hat = v_hat(k.unit, k.n);
-        const Vec dc_next = Vec::loadu(dc_state + e, k.n);
-        Vec dc = dc_next, kept(0);
-        if (zone) lstm_ext::zoneout_backward(dc_next, Vec::loadu(zone + e, k.n), dc, kept);
-        dc = dc + lstm_ext::layer_norm_backward(dy_gamma(k.unit, k.n), x_hat, m1, m2, Vec(st.rstd));
         Vec d[3], dc_prev;
-        lstm_ext::cell_backward_state(i, f, g, Vec::loadu(prev + k.unit, k.n), dc, d[0], d[1],
-                                      d[2], dc_prev);
-        (dc_prev + kept).store(dc_state + e, k.n);
+        lstm_ext::cell_backward_state_layer_norm(
+            i, f, g, Vec::loadu(prev + k.unit, k.n), Vec::loadu(dc_state + e, k.n),
+            zone != nullptr, zone ? Vec::loadu(zone + e, k.n) : Vec(0), dy_gamma(k.unit, k.n),
+            x_hat, m1, m2, Vec(st.rstd), d[0], d[1], d[2], dc_prev);
+        dc_prev.store(dc_state + e, k.n);
         for (int64_t q = 0; q < 3; ++q) {
           store(d[q], dgates + at + q * k.stride, k.n);
           if (dgates_wide) d[q].store(dgates_wide + at + q * k.stride, k.n);

@@ -231,13 +231,12 @@ __global__ void cell_backward_layer_norm_state_kernel(int64_t r0, int64_t r1, in
     for (int64_t u = u0; u < u1; ++u) {
       const T v_hat = layer_norm_normalised(c_r[u], mean, rstd);
       const int64_t e = r * H + u;
-      T dc = dc_state[e], kept(0);
-      if (zone) zoneout_backward(dc_state[e], zone[e], dc, kept);
-      dc += layer_norm_backward(g_r[u] * gamma[u], v_hat, m1, m2, rstd);
       T dc_prev;
-      cell_backward_state(g[u], g[H + u], g[2 * H + u], prev[u], dc, dg[u], dg[H + u],
-                          dg[2 * H + u], dc_prev);
-      dc_state[e] = dc_prev + kept;
+      cell_backward_state_layer_norm(g[u], g[H + u], g[2 * H + u], prev[u], dc_state[e],
+                                     zone != nullptr, zone ? zone[e] : T(0),
+                                     g_r[u] * gamma[u], v_hat, m1, m2, rstd, dg[u], dg[H + u],
+                                     dg[2 * H + u], dc_prev);
+      dc_state[e] = dc_prev;
       dgamma[e] = g_r[u] * v_hat;
     }
   });
