@@ -615,41 +615,39 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
         }
       });
     };
+    // With a projection, dL/dh_t before it, units [a, b): its product.
+    const auto projection = [&](const StepRows& r, int64_t a, int64_t b) {
+      if (!proj) return;
+      ex.step_gemm(r.rows - r.first, b - a, P, dy_total.at(r.off - blk.row0 + r.first), P,
+                   ex.column(w_hr_b, P, a), H, dh_raw.at(r.first) + a, H, false);
+    };
+    // Where the cell passes read dL/dh_t: that product with a projection;
+    // else dh_fresh with zoneout on h; else dy plus what came back in dh.
+    const auto dh_in = [&](const StepRows& r) -> const math_t* {
+      return proj ? dh_raw.data : dh_fresh ? dh_fresh.data : dy_rows.at(r.off);
+    };
+    const math_t* dh_extra = proj || dh_fresh ? nullptr : dh.data;
     const auto gates_and_cells = [&](const StepRows& r, int64_t u0, int64_t u1) {
       const int64_t at = r.off - blk.row0;
       for_each_chunk_of_units(ex, r.rows - r.first, H, u0, u1, [&](int64_t a, int64_t b) {
-        if (proj) {
-          ex.step_gemm(r.rows - r.first, b - a, P, dy_total.at(at + r.first), P,
-                       ex.column(w_hr_b, P, a), H, dh_raw.at(r.first) + a, H, false);
-        }
+        projection(r, a, b);
         ex.cell_backward(r.first, r.rows, a, b, r.carried, H, gates_rows.at(r.off),
                          cells_rows.at(fresh_row0 + r.off), cells_rows.at(r.prev), c0_rows.data,
-                         zone_c ? zone_c.at(r.off) : nullptr,
-                         proj ? dh_raw.data : dh_fresh ? dh_fresh.data : dy_rows.at(r.off),
-                         proj || dh_fresh ? nullptr : dh.data, dc.data, dgates.at(at),
-                         dgates_wide ? dgates_wide.at(at) : nullptr,
+                         zone_c ? zone_c.at(r.off) : nullptr, dh_in(r), dh_extra, dc.data,
+                         dgates.at(at), dgates_wide ? dgates_wide.at(at) : nullptr,
                          h_raw ? h_raw.at(at) : nullptr);
       });
     };
     // LayerNorm's cell: dL/dĉ and o's gradient from dL/dh (once the
-    // projection's product has made it for every unit), then the state's
-    // (dL/dĉ whole), then dL/d(h W_hh^T) through LN_hh (the gate gradients
-    // whole).
-    const auto ln_projection = [&](const StepRows& r, int64_t u0, int64_t u1) {
-      const int64_t at = r.off - blk.row0;
-      if (proj) {
-        ex.step_gemm(r.rows - r.first, u1 - u0, P, dy_total.at(at + r.first), P,
-                     ex.column(w_hr_b, P, u0), H, dh_raw.at(r.first) + u0, H, false);
-      }
-    };
+    // projection's product has made it for every unit: a phase of its own),
+    // then the state's (dL/dĉ whole), then dL/d(h W_hh^T) through LN_hh (the
+    // gate gradients whole).
     const auto ln_cell_output = [&](const StepRows& r, int64_t u0, int64_t u1) {
       const int64_t at = r.off - blk.row0;
       ex.cell_backward_layer_norm_output(
           r.first, r.rows, u0, u1, H, gates_rows.at(r.off), cells_rows.at(fresh_row0 + r.off),
-          ptr<const math_t>(ln.c_weight), ptr<const math_t>(ln.c_bias),
-          proj ? dh_raw.data : dh_fresh ? dh_fresh.data : dy_rows.at(r.off),
-          proj || dh_fresh ? nullptr : dh.data, dgates.at(at),
-          dgates_wide ? dgates_wide.at(at) : nullptr, dc_hat.at(at),
+          ptr<const math_t>(ln.c_weight), ptr<const math_t>(ln.c_bias), dh_in(r), dh_extra,
+          dgates.at(at), dgates_wide ? dgates_wide.at(at) : nullptr, dc_hat.at(at),
           h_raw ? h_raw.at(at) : nullptr);
     };
     const auto ln_cell_state = [&](const StepRows& r, int64_t u0, int64_t u1) {
@@ -687,7 +685,7 @@ LayerGrads layer_backward(Ex& ex, const LayerDims& d, const Steps& steps, const 
               phase(proj && !zone_h ? P : 0, ex.column_align(), total_dy),
               phase(zone_h ? P : 0, ex.column_align(), hidden_zoneout),
               phase(ln_on ? 0 : H, ex.unit_align(), gates_and_cells),
-              phase(ln_on && proj ? H : 0, ex.unit_align(), ln_projection),
+              phase(ln_on && proj ? H : 0, ex.unit_align(), projection),
               phase(ln_on ? H : 0, ex.unit_align(), ln_cell_output),
               phase(ln_on ? H : 0, ex.unit_align(), ln_cell_state),
               phase(ln_on ? H : 0, ex.unit_align(), ln_recurrent),
